@@ -1,0 +1,345 @@
+"""Uniform access to the vision and text towers of open_clip CLIP models.
+
+Attribution methods need more than ``encode_image``: the hidden states at a chosen block,
+the map from those states to the embedding, the patch grid, and a way to hide patches
+from every attention layer. The classes here give that for open_clip ViTs, open_clip
+ResNets (``ModifiedResNet``) and open_clip text transformers; ``captum_clip.hf`` gives the
+same interface for Hugging Face ``CLIPModel``.
+
+Hidden-state indices: ``index=0`` is the input of the first block (the embeddings),
+``index=i`` the input of block ``i`` and ``index=n_blocks`` the output of the last block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from captum_clip._hooks import HookManager
+
+__all__ = ["VisionTower", "OpenClipViT", "OpenClipResNet", "TextTower", "OpenClipText"]
+
+
+def _check_index(index: int, n_blocks: int, what: str) -> int:
+    if not isinstance(index, int):
+        raise TypeError(f"{what} must be an int, got {type(index).__name__}")
+    if not -n_blocks - 1 <= index <= n_blocks:
+        raise ValueError(
+            f"{what} must be in [{-n_blocks - 1}, {n_blocks}] for a tower with "
+            f"{n_blocks} blocks, got {index}"
+        )
+    return index % (n_blocks + 1)
+
+
+class VisionTower:
+    """Common interface of vision towers (see module docstring)."""
+
+    is_vit: bool = False
+    n_prefix: int = 0
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def n_patches(self) -> int:
+        h, w = self.grid_size
+        return h * w
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.module(images)
+
+    def block_index(self, layer: int) -> int:
+        """Normalise a (possibly negative) block index ``layer`` to ``[0, n_blocks)``."""
+        if not isinstance(layer, int):
+            raise TypeError(f"layer must be an int, got {type(layer).__name__}")
+        if not -self.n_blocks <= layer < self.n_blocks:
+            raise ValueError(
+                f"layer must be in [{-self.n_blocks}, {self.n_blocks - 1}] for a "
+                f"vision tower with {self.n_blocks} blocks, got {layer}"
+            )
+        return layer % self.n_blocks
+
+    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
+        """Patch features ``(B, h, w, d)`` at the output of block ``layer``."""
+        raise NotImplementedError
+
+    @contextmanager
+    def hide_patches(self, hidden: Tensor) -> Iterator[None]:
+        """Hide patches from every attention layer while the context is open.
+
+        Args:
+            hidden: ``(B, n_patches)`` bool, True where a patch must not be read by any
+                token (its attention logits are set to -inf in every layer and it is
+                excluded from token pooling). B must equal the batch of the next forward.
+        """
+        raise ValueError(
+            f"attention-mode masking needs a ViT vision tower; "
+            f"{type(self.module).__name__} is not one (use mask_mode='pixel')"
+        )
+        yield  # pragma: no cover
+
+
+class OpenClipViT(VisionTower):
+    """open_clip ``VisionTransformer``."""
+
+    is_vit = True
+    n_prefix = 1
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.module.transformer.resblocks)
+
+    @property
+    def heads(self) -> int:
+        attn = self.blocks[0].attn
+        return attn.num_heads
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.module.image_size)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.module.grid_size)
+
+    @property
+    def _batch_first(self) -> bool:
+        return getattr(self.module.transformer, "batch_first", True)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Hidden state 0: patch + class embeddings, positions, ``ln_pre``; ``(B, L, d)``."""
+        return self.module._embeds(images)
+
+    def run_blocks(
+        self, x: Tensor, start: int, stop: int, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        """Run blocks ``start..stop-1`` on batch-first hidden states ``x``."""
+        if not self._batch_first:
+            x = x.transpose(0, 1)
+        for block in self.blocks[start:stop]:
+            x = block(x, attn_mask=attn_mask)
+        if not self._batch_first:
+            x = x.transpose(0, 1)
+        return x
+
+    def head(self, x: Tensor) -> Tensor:
+        """Map the output of the last block ``(B, L, d)`` to the (unnormalised) embedding."""
+        pooled, _ = self.module._pool(x)
+        if self.module.proj is not None:
+            pooled = pooled @ self.module.proj
+        return pooled
+
+    def hidden_state(self, images: Tensor, index: int) -> Tensor:
+        """Hidden states ``(B, L, d)`` at ``index`` (see module docstring)."""
+        index = _check_index(index, self.n_blocks, "index")
+        return self.run_blocks(self.embed(images), 0, index)
+
+    def from_hidden(self, x: Tensor, index: int) -> Tensor:
+        """Embedding from the hidden states at ``index`` (inverse of :meth:`hidden_state`)."""
+        index = _check_index(index, self.n_blocks, "index")
+        return self.head(self.run_blocks(x, index, self.n_blocks))
+
+    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
+        x = self.hidden_state(images, self.block_index(layer) + 1)
+        h, w = self.grid_size
+        return x[:, self.n_prefix :].reshape(x.shape[0], h, w, x.shape[-1])
+
+    def key_mask(self, hidden: Tensor) -> Tensor:
+        """Additive attention mask ``(B*heads, L, L)`` hiding the patches in ``hidden``."""
+        b, p = hidden.shape
+        n_tokens = self.n_prefix + p
+        keys = torch.zeros(b, n_tokens, dtype=torch.bool, device=hidden.device)
+        keys[:, self.n_prefix :] = hidden
+        mask = torch.zeros(b, n_tokens, n_tokens, device=hidden.device)
+        mask.masked_fill_(keys[:, None, :], float("-inf"))
+        return mask.repeat_interleave(self.heads, dim=0)
+
+    @contextmanager
+    def hide_patches(self, hidden: Tensor) -> Iterator[None]:
+        if hidden.dtype != torch.bool or hidden.ndim != 2 or hidden.shape[1] != self.n_patches:
+            raise ValueError(
+                f"hidden must be a (B, {self.n_patches}) bool tensor, got "
+                f"{tuple(hidden.shape)} {hidden.dtype}"
+            )
+        if getattr(self.module, "attn_pool", None) is not None:
+            raise ValueError(
+                "attention-mode masking does not support open_clip towers with an "
+                "attention pooler yet; use mask_mode='pixel'"
+            )
+        mask = self.key_mask(hidden)
+        batch = hidden.shape[0]
+        batch_dim = 0 if self._batch_first else 1
+
+        def inject(module, args, kwargs):
+            x = args[0] if args else kwargs["q_x"]
+            if x.shape[batch_dim] != batch:
+                raise ValueError(
+                    f"hide_patches was set up for a batch of {batch} images but the "
+                    f"vision tower received {x.shape[batch_dim]}"
+                )
+            current = kwargs.get("attn_mask")
+            m = mask.to(dtype=x.dtype, device=x.device)
+            kwargs["attn_mask"] = m if current is None else current + m
+            return args, kwargs
+
+        with HookManager() as hooks:
+            for block in self.blocks:
+                hooks.forward_pre(block, inject, with_kwargs=True)
+            if getattr(self.module, "pool_type", "tok") == "avg":
+                keep = (~hidden).to(mask.dtype)
+
+                def masked_avg_pool(x: Tensor) -> tuple[Tensor, Tensor]:
+                    w = keep.to(x.device, x.dtype)[:, :, None]
+                    tokens = x[:, self.n_prefix :]
+                    return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0), tokens
+
+                hooks.patch_attr(self.module, "_global_pool", masked_avg_pool)
+            yield
+
+
+class OpenClipResNet(VisionTower):
+    """open_clip ``ModifiedResNet`` (pixel-mode methods only)."""
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        m = self.module
+        return [m.layer1, m.layer2, m.layer3, m.layer4]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        s = self.module.image_size
+        return (s, s) if isinstance(s, int) else tuple(s)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = self.image_size
+        return (h // 32, w // 32)
+
+    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
+        stop = self.block_index(layer) + 1
+        m = self.module
+        x = images.to(dtype=m.conv1.weight.dtype)
+        x = m.stem(x)
+        for block in self.blocks[:stop]:
+            x = block(x)
+        return x.permute(0, 2, 3, 1)
+
+
+class TextTower:
+    """open_clip / HF text tower interface: embed, run blocks, pool to the embedding."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def hidden_state(self, ids: Tensor, index: int) -> Tensor:
+        index = _check_index(index, self.n_blocks, "index")
+        return self.run_blocks(self.embed(ids), ids, 0, index)
+
+    def from_hidden(self, x: Tensor, ids: Tensor, index: int) -> Tensor:
+        index = _check_index(index, self.n_blocks, "index")
+        return self.head(self.run_blocks(x, ids, index, self.n_blocks), ids)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
+        raise NotImplementedError
+
+    def head(self, x: Tensor, ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def pool_index(self, ids: Tensor) -> Tensor:
+        """Position ``(B,)`` of the pooled (end-of-text) token."""
+        raise NotImplementedError
+
+
+class OpenClipText(TextTower):
+    """Text tower of open_clip ``CLIP`` (attributes on the model) or ``CustomTextCLIP``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.t = model.text if hasattr(model, "text") else model
+        if getattr(self.t, "cls_emb", None) is not None:
+            raise ValueError("text towers with an appended class token (CoCa) are not supported")
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.t.transformer.resblocks)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.t.positional_embedding.shape[0])
+
+    @property
+    def _pool_type(self) -> str:
+        return getattr(self.model, "text_pool_type", getattr(self.t, "pool_type", "argmax"))
+
+    def embed(self, ids: Tensor) -> Tensor:
+        cast = self.t.transformer.get_cast_dtype()
+        x = self.t.token_embedding(ids).to(cast)
+        return x + self.t.positional_embedding[: ids.shape[1]].to(cast)
+
+    def _mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | None:
+        if hasattr(self.t, "_build_additive_mask") and getattr(self.t, "use_pad_mask", False):
+            return self.t._embeds(ids)[1]
+        mask = self.t.attn_mask
+        if mask is None:
+            return None
+        return mask[: ids.shape[1], : ids.shape[1]].to(dtype)
+
+    def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
+        mask = self._mask(ids, x.dtype)
+        batch_first = getattr(self.t.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in self.blocks[start:stop]:
+            x = block(x, attn_mask=mask)
+        return x if batch_first else x.transpose(0, 1)
+
+    def pool_index(self, ids: Tensor) -> Tensor:
+        pool = self._pool_type
+        if pool == "argmax":
+            return ids.argmax(dim=-1)
+        if pool == "eos":
+            eos = getattr(self.model, "text_eos_id", getattr(self.t, "eos_id", None))
+            return (ids == eos).int().argmax(dim=-1)
+        if pool == "last":
+            return torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+        if pool == "first":
+            return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
+        raise ValueError(f"unsupported text pool type {pool!r}")
+
+    def head(self, x: Tensor, ids: Tensor) -> Tensor:
+        x = self.t.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)]
+        proj = self.t.text_projection
+        if proj is None:
+            return pooled
+        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj

@@ -1,0 +1,189 @@
+"""Hugging Face ``CLIPModel`` adapter (optional extra: ``pip install captum-clip[hf]``).
+
+Gives a ``transformers.CLIPModel`` the same tower interface as open_clip models, so
+``ClipClassifier``, ``ClipSimilarity``, CCI and IntegratedInteractions accept it unchanged.
+The forward passes here run the model's own modules layer by layer (embeddings,
+encoder layers, final norms, projections) and are tested equal to ``get_image_features`` /
+``get_text_features``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from captum_clip._hooks import HookManager
+from captum_clip._towers import TextTower, VisionTower, _check_index
+
+__all__ = ["is_hf_clip", "HFClipVision", "HFClipText", "HFTokenizer"]
+
+
+def is_hf_clip(model: object) -> bool:
+    """True for a ``transformers.CLIPModel`` (checked without importing transformers)."""
+    return all(hasattr(model, a) for a in ("vision_model", "text_model", "visual_projection"))
+
+
+class HFClipVision(VisionTower):
+    """Vision tower of a Hugging Face ``CLIPModel``."""
+
+    is_vit = True
+    n_prefix = 1
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__(clip.vision_model)
+        self.clip = clip
+        self.config = clip.config.vision_config
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.module.encoder.layers)
+
+    @property
+    def heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        s = int(self.config.image_size)
+        return (s, s)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        g = int(self.config.image_size) // int(self.config.patch_size)
+        return (g, g)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return self.head(self.run_blocks(self.embed(images), 0, self.n_blocks))
+
+    def embed(self, images: Tensor) -> Tensor:
+        dtype = self.module.embeddings.patch_embedding.weight.dtype
+        return self.module.pre_layrnorm(self.module.embeddings(images.to(dtype)))
+
+    def run_blocks(
+        self, x: Tensor, start: int, stop: int, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        for layer in self.blocks[start:stop]:
+            x = layer(x, attn_mask)
+        return x
+
+    def head(self, x: Tensor) -> Tensor:
+        return self.clip.visual_projection(self.module.post_layernorm(x[:, 0]))
+
+    def hidden_state(self, images: Tensor, index: int) -> Tensor:
+        return self.run_blocks(self.embed(images), 0, _check_index(index, self.n_blocks, "index"))
+
+    def from_hidden(self, x: Tensor, index: int) -> Tensor:
+        index = _check_index(index, self.n_blocks, "index")
+        return self.head(self.run_blocks(x, index, self.n_blocks))
+
+    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
+        x = self.hidden_state(images, self.block_index(layer) + 1)
+        h, w = self.grid_size
+        return x[:, self.n_prefix :].reshape(x.shape[0], h, w, x.shape[-1])
+
+    @contextmanager
+    def hide_patches(self, hidden: Tensor) -> Iterator[None]:
+        if hidden.dtype != torch.bool or hidden.ndim != 2 or hidden.shape[1] != self.n_patches:
+            raise ValueError(
+                f"hidden must be a (B, {self.n_patches}) bool tensor, got "
+                f"{tuple(hidden.shape)} {hidden.dtype}"
+            )
+        b, p = hidden.shape
+        keys = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=hidden.device), hidden], 1)
+        mask = torch.zeros(b, 1, p + 1, p + 1, device=hidden.device)
+        mask.masked_fill_(keys[:, None, None, :], float("-inf"))
+
+        def inject(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            if x.shape[0] != b:
+                raise ValueError(
+                    f"hide_patches was set up for a batch of {b} images but the "
+                    f"vision tower received {x.shape[0]}"
+                )
+            m = mask.to(dtype=x.dtype, device=x.device)
+            if len(args) > 1:
+                current = args[1]
+                args = (args[0], m if current is None else current + m, *args[2:])
+            else:
+                current = kwargs.get("attention_mask")
+                kwargs["attention_mask"] = m if current is None else current + m
+            return args, kwargs
+
+        with HookManager() as hooks:
+            for block in self.blocks:
+                hooks.forward_pre(block, inject, with_kwargs=True)
+            yield
+
+
+class HFClipText(TextTower):
+    """Text tower of a Hugging Face ``CLIPModel`` (causal attention, EOS pooling)."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__(clip)
+        self.t = clip.text_model
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.t.encoder.layers)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.t.embeddings(input_ids=ids)
+
+    def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
+        s = x.shape[1]
+        causal = torch.full((s, s), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
+        causal = causal[None, None]
+        for layer in self.blocks[start:stop]:
+            x = layer(x, causal)
+        return x
+
+    def pool_index(self, ids: Tensor) -> Tensor:
+        eos = self.t.eos_token_id
+        if eos == 2:  # legacy configs: the EOT token has the largest id
+            return ids.argmax(dim=-1)
+        return (ids == eos).int().argmax(dim=-1)
+
+    def head(self, x: Tensor, ids: Tensor) -> Tensor:
+        x = self.t.final_layer_norm(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)]
+        return self.model.text_projection(pooled)
+
+
+class HFTokenizer:
+    """Wrap a Hugging Face CLIP tokenizer as ``tok(texts) -> LongTensor (N, context_length)``.
+
+    Args:
+        tokenizer: A ``transformers`` tokenizer (``CLIPTokenizer`` / ``CLIPTokenizerFast``).
+        context_length: Pad every caption to this length (77 for CLIP).
+    """
+
+    def __init__(self, tokenizer: object, context_length: int = 77) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, texts: str | Sequence[str]) -> Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.context_length,
+            truncation=False,
+            return_tensors="pt",
+        )
+        ids = out["input_ids"]
+        if ids.shape[1] > self.context_length:
+            raise ValueError(
+                f"a caption has {ids.shape[1]} tokens, more than the context "
+                f"length {self.context_length}"
+            )
+        return ids
+
+    def decode_ids(self, ids: Sequence[int]) -> list[str]:
+        return list(self.tokenizer.convert_ids_to_tokens([int(i) for i in ids]))

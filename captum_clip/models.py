@@ -1,0 +1,410 @@
+"""The one model contract: load a CLIP, wrap it as a Captum-ready forward function.
+
+``load_clip`` gives model + preprocess + tokenizer for open_clip names (with pretrained tags
+or a local checkpoint), Hugging Face ``CLIPModel`` folders, and the bundled testbed models.
+``ClipClassifier`` (zero-shot logits) and ``ClipSimilarity`` (cosine to fixed texts) are
+``nn.Module`` forward functions for Captum; both expose the vision tower (:attr:`vision`),
+its patch grid and blocks through :class:`ClipAdapter`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captum_clip._towers import OpenClipResNet, OpenClipText, OpenClipViT, TextTower, VisionTower
+
+__all__ = [
+    "ClipAdapter",
+    "ClipClassifier",
+    "ClipSimilarity",
+    "LoadedClip",
+    "ModelLoadError",
+    "check_images",
+    "load_clip",
+    "token_strings",
+    "tokenize",
+]
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says what was tried and how to fix it."""
+
+
+class CheckpointNotFoundError(ModelLoadError, FileNotFoundError):
+    """The checkpoint file given to :func:`load_clip` does not exist."""
+
+
+@dataclass
+class LoadedClip:
+    """What :func:`load_clip` returns. Unpacks as ``model, preprocess, tokenizer``."""
+
+    model: nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    name: str
+    pretrained: str | None = None
+
+    def __iter__(self):
+        return iter((self.model, self.preprocess, self.tokenizer))
+
+
+class ClipAdapter:
+    """Uniform view of a CLIP dual encoder (open_clip or Hugging Face ``CLIPModel``).
+
+    Attributes:
+        model: The wrapped model (unchanged).
+        vision: A :class:`~captum_clip._towers.VisionTower` (patch grid, blocks, hidden states).
+        text: A :class:`~captum_clip._towers.TextTower`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        from captum_clip.hf import HFClipText, HFClipVision, is_hf_clip
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected a CLIP nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.is_hf = is_hf_clip(model)
+        if self.is_hf:
+            self.vision: VisionTower = HFClipVision(model)
+            self.text: TextTower = HFClipText(model)
+            return
+        visual = getattr(model, "visual", None)
+        if visual is None or not hasattr(model, "encode_text"):
+            raise TypeError(
+                f"{type(model).__name__} is neither an open_clip CLIP (with .visual "
+                "and .encode_text) nor a transformers CLIPModel"
+            )
+        if hasattr(visual, "transformer") and hasattr(visual, "_embeds"):
+            self.vision = OpenClipViT(visual)
+        elif hasattr(visual, "layer4") and hasattr(visual, "stem"):
+            self.vision = OpenClipResNet(visual)
+        else:
+            self.vision = VisionTower(visual)
+        self.text = OpenClipText(model)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """Unnormalised image embeddings ``(B, D)``."""
+        if self.is_hf:
+            return self.vision(images)
+        return self.model.encode_image(images)
+
+    def encode_text(self, ids: Tensor) -> Tensor:
+        """Unnormalised text embeddings ``(N, D)``."""
+        if self.is_hf:
+            return self.text.from_hidden(self.text.embed(ids), ids, 0)
+        return self.model.encode_text(ids)
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.model.logit_scale.detach().exp()
+
+    @property
+    def logit_bias(self) -> Tensor | None:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else bias.detach()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def tokenize(tokenizer: Callable, texts: str | Sequence[str], device: Any = None) -> Tensor:
+    """Tokenize ``texts`` to a ``(N, S)`` LongTensor, rejecting empty or non-string texts."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, Sequence) or len(texts) == 0:
+        raise ValueError("expected a non-empty list of texts, got an empty sequence")
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be strings, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError("texts must be non-empty strings, got an empty text")
+    ids = tokenizer(list(texts))
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    ids = torch.as_tensor(ids)
+    if ids.ndim != 2 or ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"tokenizer must return an integer (N, S) tensor, got {ids.dtype} {tuple(ids.shape)}"
+        )
+    return ids.long().to(device) if device is not None else ids.long()
+
+
+def token_strings(tokenizer: Callable, ids: Sequence[int]) -> list[str]:
+    """Human-readable token strings for one row of token ids."""
+    ids = [int(i) for i in ids]
+    if hasattr(tokenizer, "decode_ids"):
+        return list(tokenizer.decode_ids(ids))
+    inner = getattr(tokenizer, "tokenizer", tokenizer)
+    decoder = getattr(inner, "decoder", None)
+    if isinstance(decoder, dict):
+        return [decoder.get(i, f"<{i}>").replace("</w>", "") for i in ids]
+    if hasattr(inner, "convert_ids_to_tokens"):
+        return list(inner.convert_ids_to_tokens(ids))
+    return [str(i) for i in ids]
+
+
+def check_images(
+    images: Any, image_size: tuple[int, int] | None = None, name: str = "images"
+) -> Tensor:
+    """Validate a ``(B, 3, H, W)`` floating tensor without NaN/inf (and of the model's size)."""
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}"
+        )
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating tensor (preprocessed, normalised), got {images.dtype}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if image_size is not None and tuple(images.shape[-2:]) != tuple(image_size):
+        raise ValueError(
+            f"{name} must be {image_size[0]}x{image_size[1]} for this model, got "
+            f"{images.shape[-2]}x{images.shape[-1]} (use the model's preprocess)"
+        )
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return images
+
+
+class _ClipHead(nn.Module):
+    """Shared part of the two forward functions: adapter, cached text embeddings, checks."""
+
+    def __init__(self, model: nn.Module, tokenizer: Callable) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter = ClipAdapter(model)
+
+    @property
+    def vision(self) -> VisionTower:
+        """The vision tower adapter (blocks, patch grid, hidden states)."""
+        return self.adapter.vision
+
+    @property
+    def vision_blocks(self) -> list[nn.Module]:
+        return self.adapter.vision.blocks
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return self.adapter.vision.grid_size
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        try:
+            return self.adapter.vision.image_size
+        except (NotImplementedError, AttributeError):
+            return None
+
+    @torch.no_grad()
+    def _embed_texts(self, texts: Sequence[str]) -> Tensor:
+        device = _device_of(self.model)
+        ids = tokenize(self.tokenizer, texts, device)
+        return F.normalize(self.adapter.encode_text(ids).float(), dim=-1)
+
+    def _image_features(self, images: Tensor) -> Tensor:
+        check_images(images, self.image_size)
+        return F.normalize(self.adapter.encode_image(images).float(), dim=-1)
+
+
+class ClipClassifier(_ClipHead):
+    """Zero-shot classifier: ``forward(images) -> (B, n_classes)`` logits.
+
+    Class text embeddings are a prompt ensemble (mean of the normalised embeddings of every
+    template, renormalised), computed once at construction. Logits are
+    ``logit_scale * cos(image, class)`` (+ ``logit_bias`` for SigLIP-style models).
+
+    Args:
+        model: open_clip CLIP (ViT or ResNet) or ``transformers.CLIPModel``.
+        tokenizer: Callable ``texts -> LongTensor (N, S)`` (open_clip's tokenizer, the
+            testbed tokenizer, or :class:`captum_clip.hf.HFTokenizer`).
+        class_names: One name per class.
+        templates: Prompt templates with one ``{}`` for the class name.
+        logit_scale: Override the model's logit scale (e.g. ``1.0`` for plain cosines).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable,
+        class_names: Sequence[str],
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        logit_scale: float | None = None,
+    ) -> None:
+        super().__init__(model, tokenizer)
+        if isinstance(class_names, str) or len(class_names) == 0:
+            raise ValueError("class_names must be a non-empty list of strings")
+        if isinstance(templates, str) or len(templates) == 0:
+            raise ValueError("templates must be a non-empty list of strings")
+        for t in templates:
+            if t.count("{}") != 1:
+                raise ValueError(f"each template needs exactly one '{{}}', got {t!r}")
+        self.class_names = list(class_names)
+        self.templates = list(templates)
+        weights = []
+        for name in self.class_names:
+            emb = self._embed_texts([t.format(name) for t in self.templates])
+            weights.append(F.normalize(emb.mean(0), dim=-1))
+        self.register_buffer("text_embeddings", torch.stack(weights), persistent=False)
+        scale = self.adapter.logit_scale if logit_scale is None else torch.tensor(logit_scale)
+        self.register_buffer("scale", scale.float().reshape(()), persistent=False)
+        bias = self.adapter.logit_bias
+        self.register_buffer(
+            "bias", None if bias is None else bias.float().reshape(()), persistent=False
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits = self.scale * self._image_features(images) @ self.text_embeddings.T
+        return logits if self.bias is None else logits + self.bias
+
+
+class ClipSimilarity(_ClipHead):
+    """Retrieval target: ``forward(images) -> (B, n_texts)`` cosine similarities.
+
+    Args:
+        model: open_clip CLIP or ``transformers.CLIPModel``.
+        tokenizer: See :class:`ClipClassifier`.
+        texts: The captions to compare every image with.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Callable, texts: str | Sequence[str]) -> None:
+        super().__init__(model, tokenizer)
+        self.texts = [texts] if isinstance(texts, str) else list(texts)
+        self.register_buffer("text_embeddings", self._embed_texts(self.texts), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self._image_features(images) @ self.text_embeddings.T
+
+
+def _load_state_dict(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(path)
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"checkpoint {path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_clip(
+    name: str,
+    pretrained: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    variant: str | None = None,
+) -> LoadedClip:
+    """Load a CLIP model with its preprocess and tokenizer.
+
+    Args:
+        name: An open_clip architecture (``"ViT-B-32"``, ``"RN50"``, see
+            ``open_clip.list_models()``), ``"testbed"`` for the bundled shapes-testbed
+            models, or ``"hf:<folder or hub id>"`` for a Hugging Face ``CLIPModel``.
+        pretrained: An open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``...).
+            Downloads weights on first use (needs internet); ``None`` = random init.
+        checkpoint: A local checkpoint file (``.pt``/``.bin``/``.safetensors`` state dict)
+            for the architecture ``name``; nothing is downloaded.
+        device: Where to put the model.
+        variant: Testbed zoo variant (``name="testbed"`` only), e.g. ``"shortcut"``.
+
+    Returns:
+        :class:`LoadedClip` (unpacks as ``model, preprocess, tokenizer``), model in eval mode.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string, got {name!r}")
+    if name == "testbed":
+        from captum_clip.testbed.zoo import load_testbed
+
+        model, preprocess, tokenizer = load_testbed(variant or "default", device=device)
+        return LoadedClip(model, preprocess, tokenizer, name, variant or "default")
+    if variant is not None:
+        raise ValueError("variant= is only meaningful with name='testbed'")
+    if name.startswith("hf:"):
+        return _load_hf(name[3:], device)
+    import open_clip
+
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelLoadError(
+            f"unknown model name {name!r}: not an open_clip architecture, "
+            f"'testbed', or 'hf:<path>'.{hint} See open_clip.list_models()."
+        )
+    if checkpoint is not None and pretrained is not None:
+        raise ValueError("pass either pretrained= (a tag) or checkpoint= (a file), not both")
+    if checkpoint is not None:
+        path = os.fspath(checkpoint)
+        if not os.path.isfile(path):
+            raise CheckpointNotFoundError(f"checkpoint file not found: {path!r}")
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        try:
+            model.load_state_dict(_load_state_dict(path))
+        except RuntimeError as err:
+            raise ModelLoadError(
+                f"checkpoint {path!r} does not match architecture {name!r}: {err}"
+            ) from err
+    else:
+        if pretrained is not None:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            if pretrained not in tags and not os.path.isfile(pretrained):
+                raise ModelLoadError(
+                    f"unknown pretrained tag {pretrained!r} for {name!r}; known tags: {tags}"
+                )
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained
+            )
+        except Exception as err:  # download failures come in many types
+            raise ModelLoadError(
+                f"could not load open_clip {name!r} with pretrained={pretrained!r}: {err}. "
+                "Pretrained weights download on first use and need internet access; offline, "
+                "download the file elsewhere and pass checkpoint='path/to/file', or use "
+                "pretrained=None for random weights."
+            ) from err
+    model = model.to(device).eval()
+    return LoadedClip(model, preprocess, open_clip.get_tokenizer(name), name, pretrained)
+
+
+def _load_hf(path: str, device: str | torch.device) -> LoadedClip:
+    try:
+        from transformers import CLIPModel, CLIPProcessor
+    except ImportError as err:
+        raise ModelLoadError(
+            "Hugging Face models need transformers: pip install 'captum-clip[hf]'"
+        ) from err
+    from captum_clip.hf import HFTokenizer
+
+    try:
+        model = CLIPModel.from_pretrained(path)
+        processor = CLIPProcessor.from_pretrained(path)
+    except Exception as err:
+        raise ModelLoadError(
+            f"could not load Hugging Face CLIP {path!r}: {err}. Pass a local "
+            "folder saved with save_pretrained, or go online once to cache "
+            "the hub id."
+        ) from err
+
+    def preprocess(image: Any) -> Tensor:
+        return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    tok = HFTokenizer(processor.tokenizer, model.config.text_config.max_position_embeddings)
+    return LoadedClip(model.to(device).eval(), preprocess, tok, "hf:" + path)

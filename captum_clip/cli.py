@@ -1,19 +1,26 @@
 """The ``captum-clip`` command line.
 
-Each subcommand lives in ``captum_clip/commands/<name>.py`` and provides
-``add_parser(subparsers)`` (which registers the subparser and sets ``func``).
+Each subcommand lives in ``captum_clip/commands/<name>.py`` (found automatically) and
+provides ``add_parser(subparsers)``, which registers its subparser and sets
+``func(args) -> int`` as the default.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
 
+from captum_clip import commands
 from captum_clip._version import __version__
 
-COMMANDS: tuple[str, ...] = ()
+
+def _command_modules() -> list[str]:
+    return sorted(
+        m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"captum-clip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in _command_modules():
         importlib.import_module(f"captum_clip.commands.{name}").add_parser(sub)
     return parser
 

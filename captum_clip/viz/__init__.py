@@ -1,0 +1,1 @@
+"""Figures: attribution overlays, cluster maps, method comparisons, interaction maps."""

@@ -1,0 +1,7 @@
+"""Attribution methods for CLIP models, Captum-style."""
+
+from captum_clip.attr.grad_eclip import GradECLIP
+from captum_clip.attr.maskclip import MaskCLIP
+from captum_clip.attr.rollout import GradientRollout
+
+__all__ = ["GradECLIP", "GradientRollout", "MaskCLIP"]

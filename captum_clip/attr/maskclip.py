@@ -1,0 +1,150 @@
+"""MaskCLIP: dense patch-text similarities from the value path of the last block.
+
+Zhou, Loy, Dai, "Extract Free Dense Labels from CLIP" (ECCV 2022). The last attention
+layer of a CLIP ViT mixes all tokens into the class token; MaskCLIP drops that mixing
+(the query-key attention) and reads each patch through the value path alone, then maps
+it with the model's own ``ln_post`` and projection into the joint embedding space, where
+its cosine to a text embedding is a dense, gradient-free score map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum.attr import Attribution
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from captum_clip._hooks import preserve_model_state
+from captum_clip.attr._vit_blocks import (
+    BlockView,
+    check_targets,
+    guarded_modules,
+    project_tokens,
+    resolve_tower,
+    split_batches,
+    to_input_shape,
+)
+from captum_clip.models import check_images
+
+__all__ = ["MaskCLIP"]
+
+
+class MaskCLIP(Attribution):
+    """MaskCLIP patch-text cosine maps for CLIP ViTs (open_clip or Hugging Face).
+
+    For the input ``x`` of the last block and each patch token ``i`` (class token dropped):
+
+    ``z_i = x_i + out_proj(W_v ln_1(x_i) + b_v)`` (``residual=True``; else without ``x_i``),
+    ``z_i = z_i + mlp(ln_2(z_i))`` (``mlp=True``), ``e_i = proj(ln_post(z_i))`` and the map
+    is ``cos(e_i, t_target)`` on the ``(h, w)`` patch grid: the last block with its
+    attention matrix replaced by the identity. The defaults follow the MaskCLIP reference
+    implementation, which keeps the residual and the MLP; ``residual=False, mlp=False``
+    gives the pure value-embedding variant (as in ClearCLIP). No gradients are computed.
+
+    Args:
+        forward_func: A :class:`~captum_clip.models.ClipClassifier` or
+            :class:`~captum_clip.models.ClipSimilarity` (its ``text_embeddings`` are the
+            targets), or any module exposing ``text_embeddings`` ``(n, D)``.
+        vision_model: The CLIP model (or open_clip ``VisionTransformer`` / tower adapter)
+            when ``forward_func`` has no ``.vision``.
+        text_embeddings: ``(n_targets, D)`` target embeddings overriding
+            ``forward_func.text_embeddings`` (normalised here).
+        residual: Keep the last block's residual connection (reference MaskCLIP: True).
+        mlp: Keep the last block's MLP (reference MaskCLIP: True).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        vision_model: Any = None,
+        text_embeddings: Tensor | None = None,
+        residual: bool = True,
+        mlp: bool = True,
+    ) -> None:
+        super().__init__(forward_func)
+        self.tower = resolve_tower(forward_func, vision_model, need_cls=False)
+        emb = text_embeddings
+        if emb is None:
+            emb = getattr(forward_func, "text_embeddings", None)
+        if not isinstance(emb, Tensor):
+            raise TypeError(
+                "MaskCLIP needs target text embeddings: use a ClipClassifier/ClipSimilarity "
+                f"or pass text_embeddings=, got {type(emb).__name__}"
+            )
+        if emb.ndim != 2 or emb.shape[0] == 0 or not emb.is_floating_point():
+            raise ValueError(
+                f"text_embeddings must be a non-empty floating (n, D) tensor, got "
+                f"{emb.dtype} {tuple(emb.shape)}"
+            )
+        if not torch.isfinite(emb).all():
+            raise ValueError("text_embeddings contains NaN or infinite values")
+        self.text_embeddings = F.normalize(emb.detach().float(), dim=-1)
+        self.residual = bool(residual)
+        self.mlp = bool(mlp)
+
+    def attribute(
+        self,
+        inputs: Tensor,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        """MaskCLIP maps upsampled to the inputs.
+
+        Args:
+            inputs: ``(B, 3, H, W)`` preprocessed images.
+            target: Class/text index (int, or one per example as a list or ``(B,)``
+                tensor); may be omitted when there is a single class/text.
+            additional_forward_args: Not supported (MaskCLIP never calls forward_func);
+                must be None.
+            internal_batch_size: Process at most this many images at once.
+            show_progress: Show a tqdm bar over the internal batches.
+
+        Returns:
+            ``(B, 3, H, W)``: the ``(h, w)`` cosine map upsampled bilinearly
+            (``align_corners=False``) to ``H x W`` and repeated over the 3 channels, on the
+            inputs' device and dtype. Values are cosines in ``[-1, 1]``.
+        """
+        inputs = check_images(inputs, self.tower.image_size, name="inputs")
+        if additional_forward_args is not None:
+            raise ValueError(
+                "MaskCLIP reads the vision tower directly and never calls forward_func; "
+                "additional_forward_args must be None"
+            )
+        n = self.text_embeddings.shape[0]
+        targets = check_targets(target, inputs.shape[0], n)
+        maps = []
+        slices = split_batches(inputs.shape[0], internal_batch_size)
+        modules = guarded_modules(self.forward_func, self.tower)
+        with preserve_model_state(*modules), torch.no_grad():
+            for sl in tqdm(slices, desc="MaskCLIP", disable=not show_progress):
+                maps.append(self.patch_maps(inputs[sl], targets[sl]))
+        return to_input_shape(torch.cat(maps), inputs)
+
+    def patch_maps(self, images: Tensor, targets: Tensor) -> Tensor:
+        """Cosine maps ``(B, h, w)`` on the patch grid (no checks, no upsampling)."""
+        tower = self.tower
+        images = images.to(next(tower.module.parameters()).device)
+        n_blocks = tower.n_blocks
+        x = tower.hidden_state(images, n_blocks - 1)[:, tower.n_prefix :]
+        view = BlockView(tower.blocks[-1], tower.heads)
+        z = view.ls_1(view.out_proj(view.value(view.ln_1(x))))
+        if self.residual:
+            z = x + z
+        if self.mlp:
+            z = z + view.ls_2(view.mlp(view.ln_2(z)))
+        emb = F.normalize(project_tokens(tower, z).float(), dim=-1)
+        if emb.shape[-1] != self.text_embeddings.shape[-1]:
+            raise ValueError(
+                f"text_embeddings have {self.text_embeddings.shape[-1]} dimensions but the "
+                f"vision tower embeds into {emb.shape[-1]}"
+            )
+        text = self.text_embeddings.to(emb.device)[targets.to(emb.device)]
+        cos = (emb * text[:, None, :]).sum(-1)
+        h, w = tower.grid_size
+        return cos.reshape(images.shape[0], h, w)

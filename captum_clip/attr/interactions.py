@@ -1,0 +1,313 @@
+"""Integrated interactions: exact second-order caption-token x image-patch attributions.
+
+For a text hidden state ``x`` (``S x d_t``) and an image hidden state ``y``
+(``(1+P) x d_v``) at chosen layers, and references ``x0``, ``y0``::
+
+    sigma(a, b) - sigma(a0, b) - sigma(a, b0) + sigma(a0, b0) = sum_{s,p} A[s, p]
+    A = u^T v,  u[k, s] = int_0^1 df_k/dx(x0 + a dx) . dx|_s da   (v likewise for g)
+
+(Moeller et al., arXiv 2408.14153). ``u`` and ``v`` are computed exactly without any dense
+Jacobian (see :mod:`captum_clip.attr._interaction_paths`); ``A`` is their ``(S x D)(D x (1+P))``
+product. See ``docs/interactions.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from captum.attr import GradientAttribution
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from captum_clip._hooks import preserve_model_state
+from captum_clip.attr import _interaction_paths as paths
+from captum_clip.attr._interaction_result import InteractionResult
+from captum_clip.attr._interaction_sides import (
+    ClipImageEncoder,
+    ClipTextEncoder,
+    TokenEncoder,
+    layer_to_index,
+    normalise,
+)
+
+__all__ = ["IntegratedInteractions", "InteractionResult", "TokenEncoder"]
+
+ROUTES = ("auto", "fast", "forward", "reverse")
+DEFAULT_CHUNK = 16  # (step, tangent) pairs per vectorised pass, general routes
+DEFAULT_FAST_CHUNK = 1024  # (step, token) pairs per pass, fast route
+
+
+def _progress(show: bool, total: int, desc: str) -> Any:
+    bar = tqdm(total=total, desc=desc, disable=not show, leave=False)
+    return bar
+
+
+class IntegratedInteractions(GradientAttribution):
+    """Second-order integrated interactions between caption tokens and image patches.
+
+    Args:
+        model: An open_clip ``CLIP`` with a ViT image tower or a ``transformers.CLIPModel``.
+        tokenizer: Turns caption strings into ids (needed when ``texts`` are strings).
+
+    Example:
+        >>> ii = IntegratedInteractions(model, tokenizer)
+        >>> A, delta = ii.attribute(images, ["a red circle"], return_convergence_delta=True)
+        >>> result = ii.explain(images, ["a red circle"]); result.image_map("circle")
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Callable | None = None) -> None:
+        from captum_clip.models import ClipAdapter
+
+        adapter = ClipAdapter(model)
+        text = ClipTextEncoder(adapter.text, tokenizer)
+        image = ClipImageEncoder(adapter.vision)
+        self._setup(text, image, model)
+        self.patch_grid = tuple(adapter.vision.grid_size)
+        self.image_size = tuple(adapter.vision.image_size)
+
+    @classmethod
+    def from_encoders(cls, text: TokenEncoder, image: TokenEncoder) -> IntegratedInteractions:
+        """Interactions of a custom dual encoder given as two :class:`TokenEncoder`."""
+        for name, enc in (("text", text), ("image", image)):
+            if not isinstance(enc, TokenEncoder):
+                raise TypeError(f"{name} must be a TokenEncoder, got {type(enc).__name__}")
+        self = cls.__new__(cls)
+        self._setup(text, image, None)
+        self.patch_grid = None
+        self.image_size = None
+        return self
+
+    def _setup(self, text: TokenEncoder, image: TokenEncoder, model: nn.Module | None) -> None:
+        self.text_encoder = text
+        self.image_encoder = image
+        self.model = model
+
+        def score(images: Tensor, texts: Tensor) -> Tensor:
+            f = normalise(text.from_hidden(text.hidden(texts, 0), texts, 0), "cosine")
+            g = normalise(image.from_hidden(image.hidden(images, 0), images, 0), "cosine")
+            return (f * g).sum(-1)
+
+        GradientAttribution.__init__(self, score)
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(  # type: ignore[override]
+        self,
+        images: Tensor,
+        texts: Sequence[str] | Tensor,
+        n_steps: int = 20,
+        method: str = "gausslegendre",
+        text_layer: int = -1,
+        image_layer: int = -1,
+        text_baseline: Any = None,
+        image_baseline: Any = None,
+        similarity: str = "cosine",
+        internal_batch_size: int | None = None,
+        return_convergence_delta: bool = False,
+        show_progress: bool = False,
+        route: str = "auto",
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Interaction matrices ``A`` ``(B, S, 1+P)`` of ``B`` image-caption pairs.
+
+        Args:
+            images: ``(B, 3, H, W)`` preprocessed images.
+            texts: ``B`` captions, or a ``(B, S)`` token-id tensor.
+            n_steps: Integration points per tower.
+            method: Captum rule: ``"gausslegendre"`` or ``"riemann_{left,right,middle,trapezoid}"``.
+            text_layer, image_layer: Hidden-state index to attribute at: ``0`` embeddings,
+                ``i`` input of block ``i``, ``-1`` input of the last block (default).
+            text_baseline: None (``[SOT, PAD..., EOT]``, EOT kept in place), ids or a callable.
+            image_baseline: None (zeros in normalised space), ``"blur"``, a tensor or callable.
+            similarity: ``"cosine"`` (embeddings L2-normalised) or ``"dot"``.
+            internal_batch_size: About how many (integration step, tangent or cotangent)
+                pairs one vectorised pass evaluates; None = 1024 for the fast route, 16 for
+                the forward/reverse routes. Lower it to save memory.
+            return_convergence_delta: Also return the ``(B,)`` delta.
+            show_progress: tqdm bar over the integration steps.
+            route: ``"auto"`` (fast route at the last block when available, else the cheaper
+                of forward/reverse), ``"fast"``, ``"forward"`` or ``"reverse"``.
+
+        Returns:
+            ``A``, or ``(A, delta)`` with ``return_convergence_delta=True``.
+        """
+        res = self.explain(
+            images, texts, n_steps=n_steps, method=method, text_layer=text_layer,
+            image_layer=image_layer, text_baseline=text_baseline, image_baseline=image_baseline,
+            similarity=similarity, internal_batch_size=internal_batch_size,
+            show_progress=show_progress, route=route,
+        )  # fmt: skip
+        if return_convergence_delta:
+            return res.attributions, res.delta
+        return res.attributions
+
+    def compute_convergence_delta(  # type: ignore[override]
+        self, attributions: Tensor, images: Tensor, texts: Sequence[str] | Tensor, **kwargs: Any
+    ) -> Tensor:
+        """``(B,)`` delta ``sum A - (sigma(a,b) - sigma(a0,b) - sigma(a,b0) + sigma(a0,b0))``.
+
+        Args:
+            attributions: ``A`` ``(B, S, 1+P)`` from :meth:`attribute`.
+            images, texts: The pairs ``A`` was computed for.
+            **kwargs: The layer, baseline and similarity arguments used for ``A``.
+        """
+        for key in ("n_steps", "method", "internal_batch_size", "route", "show_progress"):
+            kwargs.pop(key, None)
+        res = self.explain(images, texts, _integrate=False, **kwargs)
+        if not isinstance(attributions, Tensor) or attributions.shape != res.attributions.shape:
+            raise ValueError(
+                f"attributions must have shape {tuple(res.attributions.shape)}, got "
+                f"{getattr(attributions, 'shape', type(attributions).__name__)}"
+            )
+        return attributions.sum((1, 2)) - res.score_difference
+
+    def explain(
+        self, images: Tensor, texts: Sequence[str] | Tensor, **kwargs: Any
+    ) -> InteractionResult:
+        """Like :meth:`attribute` (same keyword arguments) but returns an :class:`InteractionResult`."""
+        kwargs.pop("return_convergence_delta", None)
+        modules = (self.model,) if isinstance(self.model, nn.Module) else ()
+        with ExitStack() as stack:
+            stack.enter_context(preserve_model_state(*modules))
+            for m in modules:
+                m.eval()
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(paths.forward_ad_mode())
+            return self._explain(images, texts, **kwargs)
+
+    def _explain(
+        self,
+        images: Any,
+        texts: Any,
+        n_steps: int = 20,
+        method: str = "gausslegendre",
+        text_layer: int = -1,
+        image_layer: int = -1,
+        text_baseline: Any = None,
+        image_baseline: Any = None,
+        similarity: str = "cosine",
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+        route: str = "auto",
+        _integrate: bool = True,
+    ) -> InteractionResult:
+        if similarity not in ("cosine", "dot"):
+            raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+        if internal_batch_size is not None and (
+            isinstance(internal_batch_size, bool)
+            or not isinstance(internal_batch_size, int)
+            or internal_batch_size < 1
+        ):
+            raise ValueError(
+                f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}"
+            )
+        te, ie = self.text_encoder, self.image_encoder
+        ti = layer_to_index(text_layer, te.n_blocks, "text_layer")
+        vi = layer_to_index(image_layer, ie.n_blocks, "image_layer")
+        ids = te.prepare(texts)
+        imgs = ie.prepare(images)
+        if ids.shape[0] != imgs.shape[0]:
+            raise ValueError(
+                f"images and texts must be pairs of the same batch size, got "
+                f"{imgs.shape[0]} images and {ids.shape[0]} texts"
+            )
+        ids0 = te.baseline(ids, text_baseline)
+        imgs0 = ie.baseline(imgs, image_baseline)
+        x, x0 = te.hidden(ids, ti), te.hidden(ids0, ti)
+        y, y0 = ie.hidden(imgs, vi), ie.hidden(imgs0, vi)
+        alphas, weights = paths.quadrature(method, n_steps, x.dtype, x.device)
+        sides = [
+            _Side(te, ids, x, x0, ti, route, internal_batch_size),
+            _Side(ie, imgs, y, y0, vi, route, internal_batch_size),
+        ]
+        b = ids.shape[0]
+        bar = _progress(show_progress, 2 * b * n_steps, "integrated interactions")
+        attributions, scores, refs = [], [], []
+        try:
+            for i in range(b):
+                u, f, f0 = sides[0].integrate(
+                    i, alphas, weights, similarity, bar.update, _integrate
+                )
+                v, g, g0 = sides[1].integrate(
+                    i, alphas, weights, similarity, bar.update, _integrate
+                )
+                attributions.append(u.T @ v.to(u.dtype))
+                scores.append(f @ g)
+                refs.append(torch.stack([f0 @ g, f @ g0, f0 @ g0]))
+        finally:
+            bar.close()
+        a = torch.stack(attributions)
+        score, ref = torch.stack(scores), torch.stack(refs)
+        delta = a.sum((1, 2)) - (score - ref[:, 0] - ref[:, 1] + ref[:, 2])
+        # custom encoders: every image token is a "patch" on a 1 x L grid
+        grid = self.patch_grid if self.patch_grid is not None else (1, a.shape[2])
+        return InteractionResult(
+            a, te.labels(ids), grid, score, delta, ref, self.image_size,
+            n_prefix=a.shape[2] - grid[0] * grid[1],
+        )  # fmt: skip
+
+
+class _Side:
+    """One tower's inputs, hidden states and route for a batch."""
+
+    def __init__(
+        self,
+        enc: TokenEncoder,
+        inputs: Tensor,
+        x: Tensor,
+        x0: Tensor,
+        index: int,
+        route: str,
+        chunk: int | None,
+    ) -> None:
+        self.enc, self.inputs, self.x, self.x0, self.index = enc, inputs, x, x0, index
+        self.active = enc.active(inputs, index)
+        self.pooled = enc.pooled(inputs, index) if route in ("auto", "fast") else None
+        if route == "fast" and self.pooled is None:
+            raise ValueError(
+                "route='fast' needs the attribution layer at the input of the last block "
+                f"(layer -1) of a supported tower; got hidden index {index} of "
+                f"{enc.n_blocks} blocks for {type(enc).__name__}"
+            )
+        self.route, self.chunk = route, chunk
+
+    def integrate(
+        self,
+        i: int,
+        alphas: Tensor,
+        weights: Tensor,
+        similarity: str,
+        update: Callable,
+        integrate: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(u (D, T), embedding of the input (D,), embedding of the reference (D,))``."""
+        enc, index = self.enc, self.index
+        one = self.inputs[i : i + 1]
+
+        def fn(z: Tensor) -> Tensor:
+            return normalise(enc.from_hidden(z, one, index), similarity)
+
+        x, x0 = self.x[i], self.x0[i]
+        emb = fn(torch.stack([x, x0]))
+        tokens = self.active[i].nonzero()[:, 0]
+        if not integrate:
+            return x.new_zeros(emb.shape[1], x.shape[0]), emb[0], emb[1]
+        if self.pooled is not None:
+            row, pool, allowed = self.pooled
+            u = paths.integrate_pooled(
+                row, x, x0, int(pool[i]), allowed[i], tokens, alphas, weights,
+                similarity == "cosine", self.chunk or DEFAULT_FAST_CHUNK, update,
+            )  # fmt: skip
+        else:
+            chunk = self.chunk or DEFAULT_CHUNK
+            route = self.route
+            if route == "auto":
+                route = "forward" if tokens.numel() <= emb.shape[1] else "reverse"
+            integrate = paths.integrate_forward if route == "forward" else paths.integrate_reverse
+            u = integrate(fn, x, x0, tokens, alphas, weights, chunk, update)
+        return u, emb[0], emb[1]

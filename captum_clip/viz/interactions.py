@@ -1,0 +1,125 @@
+"""Figures for :class:`~captum_clip.attr.interactions.InteractionResult`.
+
+:func:`plot_interactions` draws the image, one interaction heat map per caption word (the
+word's row of ``A`` on the patch grid, upsampled to the image) and a bar chart of every
+token's interaction with a chosen image region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+__all__ = ["caption_positions", "plot_interactions", "to_display_image"]
+
+
+def to_display_image(image: Any) -> np.ndarray:
+    """An ``(H, W, 3)`` float array in ``[0, 1]`` from a PIL image, array or tensor.
+
+    Tensors may be ``(3, H, W)`` or ``(1, 3, H, W)``; values outside ``[0, 1]`` (normalised
+    inputs) are min-max rescaled for display.
+    """
+    if hasattr(image, "convert") and hasattr(image, "size"):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, Tensor):
+        t = image.detach().float().cpu()
+        if t.ndim == 4 and t.shape[0] == 1:
+            t = t[0]
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+        image = t.permute(1, 2, 0).numpy()
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise TypeError(
+            f"image must be a PIL image, (H, W, 3) array or (3, H, W) tensor, got {type(image).__name__}"
+        )
+    arr = image.astype(np.float64)
+    if image.dtype == np.uint8:
+        arr = arr / 255.0
+    lo, hi = arr.min(), arr.max()
+    if lo < 0 or hi > 1:
+        arr = (arr - lo) / max(hi - lo, 1e-12)
+    return arr
+
+
+def caption_positions(tokens: Sequence[str]) -> list[int]:
+    """Positions of the caption's words: between the start token and the end-of-text token."""
+    last = max((i for i, t in enumerate(tokens) if t), default=-1)
+    return list(range(1, last))
+
+
+def plot_interactions(
+    result: Any,
+    image: Any,
+    words: Sequence[Any] | None = None,
+    region: Tensor | None = None,
+    pair: int = 0,
+    cmap: str = "RdBu_r",
+    alpha: float = 0.6,
+    title: str | None = None,
+):
+    """Image, one heat map per word, and a token bar chart for a region.
+
+    Args:
+        result: An :class:`~captum_clip.attr.interactions.InteractionResult`.
+        image: The picture to draw under the maps (see :func:`to_display_image`).
+        words: Token spans to map (ints, words, slices or lists of positions); default:
+            every caption word (start/end tokens excluded).
+        region: Patch-grid ``(h, w)`` or pixel ``(H, W)`` mask for the bar chart (default:
+            the whole image, i.e. the first-order text attributions without the CLS column).
+        pair: Which pair of the batch.
+        cmap: Diverging colour map (shared, symmetric limits over all maps).
+        alpha: Opacity of the heat maps.
+        title: Figure title (default: score and convergence delta).
+
+    Returns:
+        A ``matplotlib.figure.Figure``.
+    """
+    import matplotlib.pyplot as plt
+
+    if not 0 <= pair < result.attributions.shape[0]:
+        raise ValueError(f"pair must be in [0, {result.attributions.shape[0] - 1}], got {pair}")
+    tokens = result.tokens[pair]
+    spans = list(words) if words is not None else caption_positions(tokens)
+    if not spans:
+        raise ValueError("no words to plot: the caption has no tokens between start and end")
+    img = to_display_image(image)
+    size = img.shape[:2]
+    maps = [result.image_map(s, pair=pair, size=size).cpu().numpy() for s in spans]
+    sums = [float(result.image_map(s, pair=pair).sum()) for s in spans]
+    labels = [" ".join(tokens[i] for i in result.token_indices(s, pair)) for s in spans]
+    lim = max(float(np.abs(m).max()) for m in maps) or 1.0
+    n = len(spans) + 1
+    fig = plt.figure(figsize=(2.4 * n, 5.2), constrained_layout=True)
+    grid = fig.add_gridspec(2, n, height_ratios=[1.0, 0.8])
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(img)
+    ax.set_title("image")
+    ax.axis("off")
+    mappable = None
+    for j, (m, label, total) in enumerate(zip(maps, labels, sums), start=1):
+        ax = fig.add_subplot(grid[0, j])
+        ax.imshow(img)
+        mappable = ax.imshow(m, cmap=cmap, vmin=-lim, vmax=lim, alpha=alpha)
+        ax.set_title(f"{label}\n(patch sum {total:.3g})", fontsize=9)
+        ax.axis("off")
+    fig.colorbar(mappable, ax=fig.axes[1:], shrink=0.8, label="interaction")
+    bar = fig.add_subplot(grid[1, :])
+    scores = result.token_scores(region, pair=pair).detach().cpu().numpy()
+    last = max((i for i, t in enumerate(tokens) if t), default=len(tokens) - 1)
+    shown = np.arange(last + 1)
+    colours = ["tab:red" if v > 0 else "tab:blue" for v in scores[shown]]
+    bar.bar(shown, scores[shown], color=colours)
+    bar.set_xticks(shown, [tokens[i] for i in shown], rotation=45, ha="right", fontsize=8)
+    bar.axhline(0, color="black", linewidth=0.5)
+    bar.set_ylabel("interaction with region" if region is not None else "interaction with image")
+    if title is None:
+        title = (
+            f"score {float(result.score[pair]):.4f}, "
+            f"four-term difference {float(result.score_difference[pair]):.4f}, "
+            f"delta {float(result.delta[pair]):.1e}"
+        )
+    fig.suptitle(title, fontsize=10)
+    return fig

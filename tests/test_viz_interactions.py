@@ -1,0 +1,134 @@
+"""Interaction figures and the ``captum-clip interactions`` command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_vit, tiny_tokenizer
+
+from captum_clip.attr import InteractionResult
+from captum_clip.viz.interactions import caption_positions, plot_interactions, to_display_image
+
+
+def _result() -> InteractionResult:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1, 6, 1 + 16, generator=g)
+    a[0, 5:] = 0
+    tokens = [["<sot>", "red", "circle", "on", "<eot>", ""]]
+    return InteractionResult(
+        a, tokens, (4, 4), torch.tensor([0.3]), torch.tensor([1e-7]), torch.zeros(1, 3), (32, 32)
+    )
+
+
+def test_figure_has_one_map_per_word_and_token_bars():
+    import matplotlib.pyplot as plt
+
+    res = _result()
+    assert caption_positions(res.tokens[0]) == [1, 2, 3]
+    image = torch.rand(3, 32, 32)
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[:2, :2] = True
+    fig = plot_interactions(res, image, region=region)
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 1 + 3  # the picture + one map per word
+    for ax, pos in zip(images[1:], [1, 2, 3]):
+        shown = ax.images[-1].get_array()
+        expected = res.image_map(pos, size=(32, 32)).numpy()
+        np.testing.assert_allclose(np.asarray(shown), expected, rtol=1e-6)
+        assert ax.get_title().startswith(res.tokens[0][pos])
+    bars = [ax for ax in fig.axes if ax.patches]
+    assert len(bars) == 1
+    heights = [p.get_height() for p in bars[0].patches]
+    expected = res.token_scores(region)[:5].numpy()
+    np.testing.assert_allclose(heights, expected, rtol=1e-6)
+    plt.close(fig)
+    fig = plot_interactions(res, image, words=["circle", slice(1, 3)])
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes if ax.images][1:] == [
+        "circle",
+        "red circle",
+    ]
+    plt.close(fig)
+
+
+def test_display_image_and_errors():
+    arr = to_display_image(torch.linspace(-2, 2, 3 * 4 * 4).reshape(3, 4, 4))
+    assert arr.shape == (4, 4, 3) and arr.min() == 0.0 and arr.max() == 1.0
+    u8 = to_display_image(np.full((2, 2, 3), 255, dtype=np.uint8))
+    assert np.all(u8 == 1.0)
+    with pytest.raises(ValueError, match="3, H, W"):
+        to_display_image(torch.rand(4, 8, 8))
+    with pytest.raises(ValueError, match="pair"):
+        plot_interactions(_result(), torch.rand(3, 32, 32), pair=3)
+
+
+def test_cli_writes_figure(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from captum_clip.cli import main
+    from captum_clip.commands import interactions as command
+    from captum_clip.models import LoadedClip
+
+    def preprocess(picture):
+        x = torch.from_numpy(np.asarray(picture.resize((32, 32)), dtype=np.float32) / 255)
+        return (x.permute(2, 0, 1) - 0.5) / 0.25
+
+    def fake_load(name, pretrained=None, checkpoint=None, device="cpu"):
+        assert name == "tiny"
+        return LoadedClip(make_tiny_vit(), preprocess, tiny_tokenizer(), name)
+
+    monkeypatch.setattr(command, "load_clip", fake_load)
+    picture = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+        picture
+    )
+    out = tmp_path / "fig.png"
+    code = main(
+        [
+            "interactions",
+            str(picture),
+            "a red circle",
+            "--out",
+            str(out),
+            "--model",
+            "tiny",
+            "--n-steps",
+            "4",
+        ]
+    )
+    assert code == 0 and out.is_file() and out.stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "delta" in printed and "circle" in printed
+    missing = main(
+        ["interactions", str(tmp_path / "nope.png"), "x", "--out", str(out), "--model", "tiny"]
+    )
+    assert missing == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_default_is_the_testbed_model(tmp_path, capsys):
+    from PIL import Image
+
+    from captum_clip.cli import main
+    from captum_clip.models import load_clip
+    from captum_clip.testbed.shapes import generate_scenes
+
+    try:
+        load_clip("testbed")
+    except ValueError as err:
+        pytest.skip(f"testbed model not available: {err}")
+    scenes = generate_scenes(1, seed=3, caption_probs=(0, 1, 0, 0))
+    picture = tmp_path / "scene.png"
+    Image.fromarray((scenes.images[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
+        picture
+    )
+    out = tmp_path / "fig.png"
+    assert (
+        main(
+            ["interactions", str(picture), scenes.captions[0], "--out", str(out), "--n-steps", "4"]
+        )
+        == 0
+    )
+    assert out.is_file()
+    assert main(["interactions", str(picture), "a purple elephant", "--out", str(out)]) == 2
+    assert "unknown word" in capsys.readouterr().err

@@ -1,0 +1,41 @@
+"""Faithfulness and localisation metrics as Captum-style functions (one value per example)."""
+
+from captum_clip.metrics._common import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, make_baseline
+from captum_clip.metrics.faithfulness import (
+    GRAD_ECLIP,
+    RISE,
+    Protocol,
+    curve_auc,
+    deletion_auc,
+    deletion_curve,
+    insertion_auc,
+    insertion_curve,
+)
+from captum_clip.metrics.localisation import mask_iou, mask_share, pointing_game
+from captum_clip.metrics.plot import plot_curves
+from captum_clip.metrics.retrieval import recall_at_k, retrieval_auc, retrieval_curve
+from captum_clip.metrics.road import RoadResult, noisy_linear_impute, road
+
+__all__ = [
+    "GRAD_ECLIP",
+    "OPENAI_DATASET_MEAN",
+    "OPENAI_DATASET_STD",
+    "RISE",
+    "Protocol",
+    "RoadResult",
+    "curve_auc",
+    "deletion_auc",
+    "deletion_curve",
+    "insertion_auc",
+    "insertion_curve",
+    "make_baseline",
+    "mask_iou",
+    "mask_share",
+    "noisy_linear_impute",
+    "plot_curves",
+    "pointing_game",
+    "recall_at_k",
+    "retrieval_auc",
+    "retrieval_curve",
+    "road",
+]

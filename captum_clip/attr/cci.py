@@ -1,0 +1,483 @@
+"""Cluster-based Concept Importance (CCI): hide whole regions of patch tokens, not pixels.
+
+The vision tower's own patch tokens (at block ``layer``) are clustered with k-means in
+cosine geometry; every cluster is then hidden from the model -- from every attention layer
+(``mask_mode="attention"``, ViTs; no pixel changes) or by replacing its pixels with a
+baseline (``mask_mode="pixel"``, any model, through Captum's ``FeatureAblation``) -- and the
+drop of the target score ``Δs_k = s - s_k`` becomes the weight of the region. All masked
+variants of a batch run as one (chunked) batched forward. See ``docs/cci.md``.
+
+Example:
+    >>> clf = ClipClassifier(model, tokenizer, ["cat", "dog"])
+    >>> attr = CCI(clf).attribute(images, target=0)          # (B, 3, H, W)
+    >>> attr, res = CCI(clf).attribute(images, target=0, return_clusters=True)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum._utils.common import _format_additional_forward_args
+from captum.attr import FeatureAblation, PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from captum_clip._hooks import HookManager, preserve_model_state
+from captum_clip._towers import OpenClipResNet, OpenClipViT, VisionTower
+from captum_clip.metrics._common import make_baseline
+from captum_clip.models import ClipAdapter, check_images
+
+__all__ = ["CCI", "CCIResult", "ClusterConceptImportance", "resolve_vision"]
+
+MASK_MODES = ("attention", "pixel")
+NORMALIZATIONS = ("abs", "sum", None)
+UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+SCORES = ("logit", "prob")
+KMEANS_N_INIT = 4
+
+
+@dataclass
+class CCIResult:
+    """The regions behind one CCI map (one K).
+
+    Attributes:
+        labels: ``(B, h, w)`` long cluster index per patch (consecutive from 0).
+        scores: ``(B, K)`` target score with cluster ``k`` hidden, NaN where an image
+            has fewer than ``K`` (non-empty) clusters.
+        weights: ``(B, K)`` normalised weights ``w_k`` (NaN padded like ``scores``).
+        base_score: ``(B,)`` target score of the unmasked images.
+        n_clusters: The requested K.
+    """
+
+    labels: Tensor
+    scores: Tensor
+    weights: Tensor
+    base_score: Tensor
+    n_clusters: int
+
+    @property
+    def deltas(self) -> Tensor:
+        """``(B, K)`` score drops ``Δs_k = s - s_k`` (NaN padded)."""
+        return self.base_score[:, None] - self.scores
+
+    def patch_map(self) -> Tensor:
+        """``(B, h, w)`` weight of each patch's cluster."""
+        w = torch.nan_to_num(self.weights, nan=0.0)
+        b = self.labels.shape[0]
+        return w.gather(1, self.labels.reshape(b, -1)).reshape(self.labels.shape)
+
+    def top_cluster(self) -> Tensor:
+        """``(B, h, w)`` bool mask of each image's highest-weighted cluster."""
+        top = torch.nan_to_num(self.weights, nan=-float("inf")).argmax(1)
+        return self.labels == top[:, None, None]
+
+
+def resolve_vision(forward_func: Callable, vision_model: Any = None) -> VisionTower:
+    """The vision-tower adapter for ``forward_func`` / an explicit ``vision_model``.
+
+    Args:
+        forward_func: A ``ClipClassifier`` / ``ClipSimilarity`` (its ``.vision`` is used
+            when ``vision_model`` is None) or any callable.
+        vision_model: A :class:`~captum_clip._towers.VisionTower`, a :class:`ClipAdapter`,
+            an open_clip ``CLIP`` / Hugging Face ``CLIPModel``, or an open_clip visual
+            module (``VisionTransformer`` or ``ModifiedResNet``).
+    """
+    if vision_model is None:
+        vision = getattr(forward_func, "vision", None)
+        if isinstance(vision, VisionTower):
+            return vision
+        raise TypeError(
+            f"cannot find the vision tower of {type(forward_func).__name__}: pass a "
+            "ClipClassifier/ClipSimilarity, or vision_model= (a CLIP model or its .visual)"
+        )
+    if isinstance(vision_model, VisionTower):
+        return vision_model
+    if isinstance(vision_model, ClipAdapter):
+        return vision_model.vision
+    if not isinstance(vision_model, nn.Module):
+        raise TypeError(
+            "vision_model must be a VisionTower, ClipAdapter, CLIP model or open_clip visual "
+            f"module, got {type(vision_model).__name__}"
+        )
+    if hasattr(vision_model, "encode_text") or hasattr(vision_model, "vision_model"):
+        return ClipAdapter(vision_model).vision
+    if hasattr(vision_model, "transformer") and hasattr(vision_model, "_embeds"):
+        return OpenClipViT(vision_model)
+    if hasattr(vision_model, "layer4") and hasattr(vision_model, "stem"):
+        return OpenClipResNet(vision_model)
+    raise TypeError(
+        f"unsupported vision_model {type(vision_model).__name__}: expected an open_clip CLIP, "
+        "a transformers CLIPModel, or an open_clip VisionTransformer / ModifiedResNet"
+    )
+
+
+def _check_n_clusters(n_clusters: Any) -> tuple[int, ...]:
+    ks = (n_clusters,) if not isinstance(n_clusters, Sequence) else tuple(n_clusters)
+    if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(
+            f"n_clusters must be an int >= 1 or a sequence of them, got {n_clusters!r}"
+        )
+    return ks
+
+
+def _grid_tokens(vision: VisionTower, out: Any, batch: int) -> Tensor | None:
+    """``(B, h, w, d)`` patch tokens from a block's output, or None if it does not fit."""
+    out = out[0] if isinstance(out, (tuple, list)) and out else out
+    if not isinstance(out, Tensor):
+        return None
+    if out.ndim == 4 and out.shape[0] == batch:  # CNN stage (B, C, h, w)
+        return out.permute(0, 2, 3, 1)
+    if out.ndim != 3 or not vision.is_vit:
+        return None
+    if not getattr(vision, "_batch_first", True):
+        out = out.transpose(0, 1)
+    h, w = vision.grid_size
+    if out.shape[0] != batch or out.shape[1] != vision.n_prefix + h * w:
+        return None
+    return out[:, vision.n_prefix :].reshape(batch, h, w, out.shape[-1])
+
+
+def _rows_of(args: tuple, src: Tensor, batch: int) -> tuple:
+    """Additional forward args for rows taken from examples ``src``."""
+    return tuple(
+        a[src.to(a.device)] if isinstance(a, Tensor) and a.ndim > 0 and a.shape[0] == batch else a
+        for a in args
+    )
+
+
+class CCI(PerturbationAttribution):
+    """Cluster-based Concept Importance (Captum ``PerturbationAttribution``).
+
+    Args:
+        forward_func: ``ClipClassifier`` / ``ClipSimilarity`` or any callable
+            ``images -> (B, n_outputs)`` (then pass ``vision_model``).
+        vision_model: See :func:`resolve_vision`; needed when ``forward_func`` has no
+            ``.vision``. The patch features are taken from this tower.
+        layer: Block whose output tokens are clustered (default the last).
+        n_clusters: K, or a sequence of K (multi-K ensemble: the maps are averaged).
+        mask_mode: ``"attention"`` (hide patch keys in every attention layer; ViTs) or
+            ``"pixel"`` (replace the cluster's pixels by ``baselines``; any model).
+        normalize: ``"abs"`` (``Δ/Σ|Δ|``, default), ``"sum"`` (published ``Δ/ΣΔ``) or
+            None (raw ``Δ``). A zero denominator gives zero weights.
+        upsample: Patch map → pixels: ``"nearest"`` (exact region edges), ``"bilinear"``
+            or ``"bicubic"``.
+        clusterer: Optional scikit-learn style estimator with ``fit_predict`` (cloned per
+            image; its ``n_clusters`` is set to K). Default: ``KMeans``.
+        random_state: Seed of the default k-means.
+        score: ``"logit"`` (the raw output at ``target``) or ``"prob"`` (softmax first).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        vision_model: Any = None,
+        layer: int = -1,
+        n_clusters: int | Sequence[int] = 7,
+        mask_mode: str = "attention",
+        normalize: str | None = "abs",
+        upsample: str = "nearest",
+        clusterer: Any = None,
+        random_state: int = 0,
+        score: str = "logit",
+    ) -> None:
+        if not callable(forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        super().__init__(forward_func)
+        self.vision = resolve_vision(forward_func, vision_model)
+        self.layer = layer
+        self.vision.block_index(layer)  # validates
+        self.n_clusters = _check_n_clusters(n_clusters)
+        for name, value, allowed in (
+            ("mask_mode", mask_mode, MASK_MODES),
+            ("normalize", normalize, NORMALIZATIONS),
+            ("upsample", upsample, UPSAMPLE_MODES),
+            ("score", score, SCORES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if mask_mode == "attention" and not self.vision.is_vit:
+            raise ValueError(
+                f"mask_mode='attention' needs a ViT vision tower; {type(self.vision.module).__name__}"
+                " is not one -- use mask_mode='pixel'"
+            )
+        if self.vision.is_vit and max(self.n_clusters) > self.vision.n_patches:
+            raise ValueError(
+                f"n_clusters={max(self.n_clusters)} is larger than the {self.vision.n_patches} "
+                "patches of this vision tower"
+            )
+        if clusterer is not None and not hasattr(clusterer, "fit_predict"):
+            raise TypeError(
+                f"clusterer must have fit_predict (scikit-learn style), got {type(clusterer).__name__}"
+            )
+        self.mask_mode = mask_mode
+        self.normalize = normalize
+        self.upsample = upsample
+        self.clusterer = clusterer
+        self.random_state = random_state
+        self.score = score
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ pieces
+    def _modules(self) -> list[nn.Module]:
+        mods = [self.vision.module]
+        if isinstance(self.forward_func, nn.Module):
+            mods.append(self.forward_func)
+        return mods
+
+    def _base_pass(self, inputs: Tensor, args: tuple) -> tuple[Tensor, Tensor]:
+        """Unmasked output and ``(B, h, w, d)`` features from one forward (hooked block)."""
+        captured: list[Any] = []
+        block = self.vision.blocks[self.vision.block_index(self.layer)]
+        with HookManager() as hooks:
+            hooks.forward(block, lambda m, a, o: captured.append(o))
+            out = self.forward_func(inputs, *args)
+        feats = _grid_tokens(self.vision, captured[0], len(inputs)) if len(captured) == 1 else None
+        if feats is None:  # forward_func does not run the tower once on these images
+            feats = self.vision.patch_features(inputs, self.layer)
+        return out, feats
+
+    def _targets(self, target: Any, out: Tensor) -> Tensor | None:
+        """Per-example target index ``(B,)``, or None for single-output forward functions."""
+        if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != self._batch:
+            raise ValueError(
+                f"forward_func must return (B,) or (B, n_outputs) with B={self._batch}, got "
+                f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
+            )
+        n_out = 1 if out.ndim == 1 else out.shape[1]
+        if target is None:
+            if n_out != 1:
+                raise ValueError(f"target is required: forward_func has {n_out} outputs")
+            if self.score == "prob":
+                raise ValueError("score='prob' needs a forward_func with several outputs")
+            return None
+        if isinstance(target, bool) or isinstance(target, (float, str)):
+            raise TypeError(f"target must be an int, a list of ints or a tensor, got {target!r}")
+        t = torch.as_tensor(target, device=out.device)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"target must hold integers, got dtype {t.dtype}")
+        t = t.long().flatten()
+        if t.numel() == 1:
+            t = t.expand(self._batch)
+        if t.numel() != self._batch:
+            raise ValueError(
+                f"target must have one entry per example ({self._batch}), got {t.numel()}"
+            )
+        if out.ndim == 1 or (t < 0).any() or (t >= n_out).any():
+            raise ValueError(f"target must be in [0, {n_out}), got {t.tolist()}")
+        return t.clone()
+
+    def _prepare(self, out: Tensor) -> Tensor:
+        """Forward output → what the target indexes (softmax for ``score='prob'``)."""
+        return out.float().softmax(-1) if self.score == "prob" else out.float()
+
+    def _select(self, out: Tensor, tgt: Tensor | None) -> Tensor:
+        out = self._prepare(out)
+        if tgt is None:
+            return out.reshape(out.shape[0])
+        return out.gather(1, tgt[:, None].to(out.device))[:, 0]
+
+    def _cluster(self, feats: Tensor, k: int) -> Tensor:
+        """``(B, h, w)`` consecutive cluster labels (empty clusters dropped)."""
+        from sklearn.base import clone
+        from sklearn.cluster import KMeans
+        from sklearn.exceptions import ConvergenceWarning
+        from threadpoolctl import threadpool_limits
+
+        b, h, w, d = feats.shape
+        if k > h * w:
+            raise ValueError(f"n_clusters={k} is larger than the {h * w} patches ({h}x{w} grid)")
+        x = F.normalize(feats.reshape(b, h * w, d).float(), dim=-1).cpu().double().numpy()
+        labels = np.empty((b, h * w), dtype=np.int64)
+        for i in range(b):
+            if self.clusterer is None:
+                est = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=self.random_state)
+            else:
+                est = clone(self.clusterer)
+                if "n_clusters" in est.get_params():
+                    est.set_params(n_clusters=k)
+                elif len(self.n_clusters) > 1:
+                    raise ValueError("a multi-K ensemble needs a clusterer with n_clusters")
+            # one thread: P is small, and OpenMP spinning costs 10x on a busy machine
+            with warnings.catch_warnings(), threadpool_limits(1):
+                warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points
+                raw = np.asarray(est.fit_predict(x[i])).reshape(-1)
+            labels[i] = np.unique(raw, return_inverse=True)[1].reshape(-1)
+        return torch.from_numpy(labels).reshape(b, h, w).to(feats.device)
+
+    def _attention_scores(self, inputs, args, tgt, all_labels, ibs, show_progress) -> list[Tensor]:
+        """``(B, K_j)`` masked scores per K; all variants in one chunked batch."""
+        b = inputs.shape[0]
+        src, hidden, slots = [], [], []
+        for i in range(b):
+            for j, labels in enumerate(all_labels):
+                flat = labels[i].reshape(-1)
+                for c in range(int(flat.max()) + 1):
+                    src.append(i)
+                    hidden.append(flat == c)
+                    slots.append((j, i, c))
+        src_t = torch.tensor(src, device=inputs.device)
+        hidden_t = torch.stack(hidden).to(inputs.device)
+        n = len(src)
+        step = n if ibs is None else ibs
+        values = torch.empty(n, device=inputs.device)
+        for start in tqdm(range(0, n, step), desc="CCI", disable=not show_progress):
+            rows = slice(start, start + step)
+            idx = src_t[rows]
+            with self.vision.hide_patches(hidden_t[rows]):
+                out = self.forward_func(inputs[idx], *_rows_of(args, idx, b))
+            values[rows] = self._select(out, None if tgt is None else tgt[idx])
+        scores = [
+            torch.full((b, max(self.n_clusters)), float("nan"), device=inputs.device)
+            for _ in all_labels
+        ]
+        for (j, i, c), v in zip(slots, values.tolist()):
+            scores[j][i, c] = v
+        return [s[:, :k] for s, k in zip(scores, self.n_clusters)]
+
+    def _pixel_scores(
+        self, inputs, args, tgt, base, all_labels, baselines, ibs, show_progress
+    ) -> list[Tensor]:
+        """``(B, K_j)`` scores with each cluster's pixels replaced (Captum FeatureAblation)."""
+        b, _, height, width = inputs.shape
+        fill = make_baseline(0.0 if baselines is None else baselines, inputs)
+
+        def fwd(x: Tensor, *a: Any) -> Tensor:
+            out = self._prepare(self.forward_func(x, *a))
+            return out.reshape(out.shape[0]) if tgt is None else out
+
+        ablation = FeatureAblation(fwd)
+        scores = []
+        for labels, k in zip(all_labels, self.n_clusters):
+            fmask = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")
+            fmask = fmask.long()
+            n_feat = int(fmask.max()) + 1
+            delta_map = ablation.attribute(
+                inputs,
+                baselines=fill,
+                target=tgt,
+                additional_forward_args=args if args else None,
+                feature_mask=fmask,
+                perturbations_per_eval=n_feat if ibs is None else max(1, ibs // b),
+                show_progress=show_progress,
+            )[:, 0].reshape(b, -1)
+            flat = fmask.reshape(b, -1)
+            s = torch.full((b, k), float("nan"), device=inputs.device)
+            for c in range(n_feat):
+                inside = flat == c
+                first = inside.float().argmax(1, keepdim=True)
+                delta = delta_map.gather(1, first)[:, 0].float()
+                s[:, c] = torch.where(inside.any(1), base - delta, s[:, c])
+            scores.append(s)
+        return scores
+
+    def _weights(self, deltas: Tensor) -> Tensor:
+        if self.normalize is None:
+            return deltas
+        d0 = torch.nan_to_num(deltas, nan=0.0)
+        denom = (
+            d0.abs().sum(1, keepdim=True) if self.normalize == "abs" else d0.sum(1, keepdim=True)
+        )
+        safe = torch.where(denom == 0, torch.ones_like(denom), denom)
+        return torch.where(denom == 0, d0 * 0, deltas / safe)
+
+    # ------------------------------------------------------------------ API
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        baselines: str | float | Tensor | None = None,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+        return_clusters: bool = False,
+    ) -> Any:
+        """CCI attributions with the inputs' shape.
+
+        Args:
+            inputs: ``(B, 3, H, W)`` normalised images (or a 1-tuple of them).
+            target: Output index per example: int, list/tensor of ``B`` ints; None only
+                when ``forward_func`` has a single output.
+            additional_forward_args: Extra arguments of ``forward_func`` (tensors with a
+                leading batch dimension are repeated for each masked variant).
+            baselines: Pixel mode only: replacement of the hidden pixels -- 0 (default, the
+                dataset mean in normalised space), a number, a tensor broadcastable to
+                ``inputs``, ``"blur"``, ``"black"`` or ``"noise"``.
+            internal_batch_size: Rows per forward pass (None: all variants at once).
+            show_progress: tqdm bar over the forward chunks.
+            return_clusters: Also return a :class:`CCIResult` (a tuple of them, one per
+                K, for a multi-K ensemble).
+
+        Returns:
+            Attributions ``(B, 3, H, W)`` (a 1-tuple if ``inputs`` was one), and with
+            ``return_clusters`` the pair ``(attributions, result)``.
+        """
+        is_tuple = isinstance(inputs, tuple)
+        if is_tuple:
+            if len(inputs) != 1:
+                raise ValueError(f"CCI takes one image tensor, got a tuple of {len(inputs)}")
+            inputs = inputs[0]
+        size = self.vision.image_size if self.vision.is_vit else None
+        inputs = check_images(inputs, size, "inputs")
+        if internal_batch_size is not None and (
+            isinstance(internal_batch_size, bool)
+            or not isinstance(internal_batch_size, int)
+            or internal_batch_size < 1
+        ):
+            raise ValueError(
+                f"internal_batch_size must be a positive int, got {internal_batch_size!r}"
+            )
+        if baselines is not None and self.mask_mode == "attention":
+            raise ValueError("baselines are only used with mask_mode='pixel'")
+        args = _format_additional_forward_args(additional_forward_args) or ()
+        self._batch = inputs.shape[0]
+        with torch.no_grad(), preserve_model_state(*self._modules()):
+            out, feats = self._base_pass(inputs, args)
+            tgt = self._targets(target, out)
+            base = self._select(out, tgt)
+            all_labels = [self._cluster(feats, k) for k in self.n_clusters]
+            if self.mask_mode == "attention":
+                scores = self._attention_scores(
+                    inputs, args, tgt, all_labels, internal_batch_size, show_progress
+                )
+            else:
+                scores = self._pixel_scores(
+                    inputs,
+                    args,
+                    tgt,
+                    base,
+                    all_labels,
+                    baselines,
+                    internal_batch_size,
+                    show_progress,
+                )
+        results = []
+        maps = torch.zeros(inputs.shape[0], 1, *inputs.shape[-2:], device=inputs.device)
+        for labels, s, k in zip(all_labels, scores, self.n_clusters):
+            res = CCIResult(labels, s, self._weights(base[:, None] - s), base, k)
+            results.append(res)
+            kw = {} if self.upsample == "nearest" else {"align_corners": False}
+            patch = res.patch_map()[:, None].float()
+            maps += F.interpolate(patch, size=inputs.shape[-2:], mode=self.upsample, **kw)
+        attributions = (maps / len(results)).expand_as(inputs).to(inputs.dtype).contiguous()
+        if is_tuple:
+            attributions = (attributions,)
+        if not return_clusters:
+            return attributions
+        return attributions, (results[0] if len(results) == 1 else tuple(results))
+
+
+ClusterConceptImportance = CCI

@@ -1,0 +1,170 @@
+"""GradCAM on a ViT block, done right: Captum ``LayerGradCam`` on the patch-token grid.
+
+Captum's ``LayerGradCam`` averages gradients over every dimension after the channel
+dimension 1, which suits CNN maps ``(B, C, h, w)``. A ViT block outputs tokens
+``(B, L, d)`` (CLS/prefix + ``h*w`` patches); fed directly, the "channels" would be the
+tokens. Here a forward hook routes the block's patch tokens through an identity module as a
+``(B, d, h, w)`` grid, and ``LayerGradCam`` attributes to that module: channel weights =
+mean gradient over the patches, map = ``ReLU(Σ_d weights_d · acts_d)`` on the ``(h, w)``
+grid, with the prefix tokens dropped. The map is upsampled with
+``LayerAttribution.interpolate`` and broadcast to the input shape.
+
+Which block: in a CLIP ViT that pools the CLS token, the patch tokens *output* by the last
+block never reach the embedding (their gradient is exactly zero), so the default
+``layer=None`` takes the output of the second-to-last block (= the input of the last one,
+pytorch-grad-cam's ``blocks[-1].norm1`` choice) -- or the last block for towers that
+average the patch tokens.
+
+Example:
+    >>> gc = vit_gradcam(clf)                       # reusable object
+    >>> attr = gc.attribute(images, target=3)       # (B, 3, H, W)
+    >>> attr = vit_gradcam(clf, images, target=3)   # one call
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import Tensor, nn
+
+from captum_clip._hooks import HookManager, preserve_model_state
+from captum_clip.attr.cci import resolve_vision
+from captum_clip.models import check_images
+
+__all__ = ["ViTGradCam", "vit_gradcam"]
+
+
+class _Grid(nn.Module):
+    """Identity on the ``(B, d, h, w)`` patch grid; the layer ``LayerGradCam`` hooks."""
+
+    def forward(self, grid: Tensor) -> Tensor:
+        return grid
+
+
+class ViTGradCam:
+    """GradCAM on the patch tokens of a ViT block (see module docstring).
+
+    Args:
+        forward_func: ``ClipClassifier`` / ``ClipSimilarity`` or any callable (then pass
+            ``vision_model``, see :func:`captum_clip.attr.cci.resolve_vision`).
+        layer: Block whose output is used; None (default): the second-to-last block for
+            CLS-pooled towers, the last one for average-pooled towers (see module docstring).
+        vision_model: The vision tower, when ``forward_func`` has no ``.vision``.
+        relu_attributions: Apply ReLU to the map (GradCAM's definition).
+        interpolate_mode: Upsampling of the ``(h, w)`` map (``"bilinear"``, ``"nearest"``,
+            ``"bicubic"``).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: int | None = None,
+        vision_model: Any = None,
+        relu_attributions: bool = True,
+        interpolate_mode: str = "bilinear",
+    ) -> None:
+        self.forward_func = forward_func
+        self.vision = resolve_vision(forward_func, vision_model)
+        if not self.vision.is_vit:
+            raise ValueError(
+                f"vit_gradcam needs a ViT vision tower, got {type(self.vision.module).__name__}; "
+                "for CNNs use captum.attr.LayerGradCam on a conv stage directly"
+            )
+        pools_tokens = getattr(self.vision.module, "pool_type", "tok") == "avg"
+        if layer is None:
+            layer = -1 if pools_tokens or self.vision.n_blocks < 2 else -2
+        self.layer = self.vision.block_index(layer)
+        if self.layer == self.vision.n_blocks - 1 and not pools_tokens:
+            warnings.warn(
+                "GradCAM on the last block of a CLS-pooled ViT is zero everywhere (its patch "
+                "outputs do not reach the embedding); use layer=-2 or layer=None",
+                stacklevel=2,
+            )
+        self.block = self.vision.blocks[self.layer]
+        if interpolate_mode not in ("nearest", "bilinear", "bicubic"):
+            raise ValueError(
+                f"interpolate_mode must be 'nearest', 'bilinear' or 'bicubic', got {interpolate_mode!r}"
+            )
+        self.relu_attributions = relu_attributions
+        self.interpolate_mode = interpolate_mode
+        self._grid = _Grid()
+
+    def _hook(self, module: nn.Module, args: Any, out: Any) -> Any:
+        rest = None
+        if isinstance(out, tuple):
+            out, rest = out[0], out[1:]
+        batch_first = getattr(self.vision, "_batch_first", True)
+        x = out if batch_first else out.transpose(0, 1)
+        b, length, d = x.shape
+        h, w = self.vision.grid_size
+        n = self.vision.n_prefix
+        if length != n + h * w:
+            raise ValueError(f"expected {n + h * w} tokens from the block, got {length}")
+        grid = self._grid(x[:, n:].transpose(1, 2).reshape(b, d, h, w))
+        x = torch.cat([x[:, :n], grid.reshape(b, d, h * w).transpose(1, 2)], dim=1)
+        x = x if batch_first else x.transpose(0, 1)
+        return x if rest is None else (x, *rest)
+
+    def attribute_grid(
+        self, inputs: Tensor, target: Any = None, additional_forward_args: Any = None
+    ) -> Tensor:
+        """The GradCAM map on the patch grid, ``(B, 1, h, w)``."""
+        inputs = check_images(inputs, self.vision.image_size, "inputs")
+        modules = [self.vision.module]
+        if isinstance(self.forward_func, nn.Module):
+            modules.append(self.forward_func)
+        with torch.enable_grad(), preserve_model_state(*modules), HookManager() as hooks:
+            hooks.forward(self.block, self._hook)
+            cam = LayerGradCam(self.forward_func, self._grid).attribute(
+                inputs,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                relu_attributions=self.relu_attributions,
+            )
+        return cam.detach()
+
+    def attribute(
+        self, inputs: Tensor, target: Any = None, additional_forward_args: Any = None
+    ) -> Tensor:
+        """GradCAM attributions with the inputs' shape ``(B, 3, H, W)``.
+
+        Args:
+            inputs: ``(B, 3, H, W)`` normalised images.
+            target: Output index (Captum semantics: int, list or tensor per example).
+            additional_forward_args: Extra arguments of ``forward_func``.
+        """
+        cam = self.attribute_grid(inputs, target, additional_forward_args)
+        up = LayerAttribution.interpolate(
+            cam, tuple(inputs.shape[-2:]), interpolate_mode=self.interpolate_mode
+        )
+        return up.expand_as(inputs).to(inputs.dtype).contiguous()
+
+
+def vit_gradcam(
+    forward_func: Callable,
+    inputs: Tensor | None = None,
+    target: Any = None,
+    layer: int | None = None,
+    **kwargs: Any,
+) -> ViTGradCam | Tensor:
+    """GradCAM for ViT CLIPs: a :class:`ViTGradCam`, or its attributions if ``inputs`` given.
+
+    Args:
+        forward_func: See :class:`ViTGradCam`.
+        inputs: Optional images; when given, the attributions are returned directly.
+        target: Output index (with ``inputs``).
+        layer: Block index (None: see :class:`ViTGradCam`).
+        **kwargs: ``vision_model``, ``relu_attributions``, ``interpolate_mode``,
+            ``additional_forward_args`` (the last only with ``inputs``).
+    """
+    extra = kwargs.pop("additional_forward_args", None)
+    method = ViTGradCam(forward_func, layer=layer, **kwargs)
+    if inputs is None:
+        if target is not None or extra is not None:
+            raise ValueError("target/additional_forward_args need inputs")
+        return method
+    return method.attribute(inputs, target=target, additional_forward_args=extra)

@@ -1,0 +1,359 @@
+"""``covar eval``: zero-shot accuracy and diagnosis per model and subset of a COVAR folder.
+
+For each model every composite is classified zero-shot, attributed with CCI, and diagnosed
+with its exact mask (:func:`captum_clip.diagnosis.diagnose`): ``fg_share``, ``driver`` and,
+for errors, ``BG-Er`` / ``Fine-Er`` / ``FG-Er``. Output folder::
+
+    <out>/results.parquet    one row per model x image (sorted by model, image_id)
+    <out>/summary.parquet    one row per model x subset (transform), plus subset "all"
+    <out>/covar_eval.png     accuracy and BG-Er per subset, BG-Er per model
+    <out>/parts/             chunk files of an unfinished run (merged, then removed)
+
+(``.csv`` instead of ``.parquet`` without pyarrow.) Rows already present (keyed by model +
+image id) are never recomputed, so an interrupted run resumes where it stopped. Under
+``torchrun`` each rank evaluates its batches (:func:`~captum_clip.covar.distributed.shard`)
+and rank 0 merges after a barrier into the same table one process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from captum_clip._hooks import preserve_model_state
+from captum_clip.covar._io import find_table, read_table, slug, table_path, write_table
+from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
+from captum_clip.covar.build import load_manifest
+from captum_clip.covar.distributed import DistContext, init_from_env, shard
+
+__all__ = ["EvalResult", "TESTBED_FINE_GROUPS", "evaluate", "summarise_results"]
+
+TESTBED_FINE_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("horizontal stripes", "vertical stripes", "diagonal stripes"),
+)
+"""Close relatives among the testbed classes (a Fine-Er confuses two of them)."""
+
+RESULT_COLUMNS = (
+    "model", "image_id", "class_name", "label", "instance", "background", "transform",
+    "family", "level", "pred", "pred_name", "correct", "fg_share", "iou", "mask_area",
+    "driver", "similarity", "category",
+)  # fmt: skip
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        results: One row per model x image (:data:`RESULT_COLUMNS`).
+        summary: One row per model x subset (see :func:`summarise_results`).
+        computed: Rows this process computed in this call (0 when all were on disk).
+        out_dir: The output folder.
+    """
+
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    computed: int
+    out_dir: Path
+
+
+def _settings(root: Path) -> dict:
+    path = root / "covar.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(root)!r} is not a COVAR folder (no covar.json); run covar build"
+        )
+    return json.loads(path.read_text())
+
+
+def _done_ids(out: Path, key: str) -> set[str]:
+    done: set[str] = set()
+    final = find_table(out, "results")
+    if final is not None:
+        t = read_table(final)
+        done.update(t.loc[t["model"] == key, "image_id"])
+    part_dir = out / "parts" / slug(key)
+    if part_dir.is_dir():
+        for p in sorted(part_dir.iterdir()):
+            if p.suffix in (".parquet", ".csv") and not p.name.startswith("."):
+                done.update(read_table(p)["image_id"])
+    return done
+
+
+def _load_batch(
+    root: Path, rows: pd.DataFrame, preprocess: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images, masks = [], []
+    for ipath, mpath in rows[["image_path", "mask_path"]].itertuples(index=False):
+        with Image.open(root / ipath) as im:
+            images.append(preprocess(im.convert("RGB")))
+        with Image.open(root / mpath) as mk:
+            masks.append(torch.from_numpy(np.asarray(mk.convert("L")) > 127))
+    x = torch.stack(images)
+    m = torch.stack(masks)
+    if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):  # square composites: plain resize
+        m = F.interpolate(m[:, None].float(), size=x.shape[-2:], mode="bilinear",
+                          align_corners=False, antialias=True)[:, 0] >= 0.5  # fmt: skip
+    return x, m
+
+
+def _fine_groups(fine_groups: Any, class_names: list[str]) -> Any:
+    if fine_groups is not None:
+        return fine_groups
+    from captum_clip.testbed.shapes import CLASS_NAMES
+
+    if set(class_names) <= set(CLASS_NAMES):
+        groups = [[c for c in g if c in class_names] for g in TESTBED_FINE_GROUPS]
+        return [g for g in groups if len(g) > 1]
+    return None  # decided by text-embedding cosine
+
+
+def _method(classifier: Any, n_clusters: int, attribution: Any) -> Any:
+    if attribution is not None:
+        return attribution(classifier) if isinstance(attribution, type) else attribution
+    from captum_clip.attr.cci import CCI
+
+    mode = "attention" if classifier.vision.is_vit else "pixel"
+    k = min(n_clusters, classifier.vision.n_patches) if mode == "attention" else n_clusters
+    return CCI(classifier, n_clusters=k, mask_mode=mode)
+
+
+def _evaluate_model(
+    entry: ModelEntry, root: Path, out: Path, batches: list[pd.DataFrame], ctx: DistContext,
+    class_names: list[str], opts: dict,
+) -> int:  # fmt: skip
+    done = _done_ids(out, entry.key)
+    ctx.barrier()  # every rank has read what is done before anyone writes
+    mine = [b for b in shard(len(batches), ctx.rank, ctx.world_size)
+            if not batches[b]["image_id"].isin(done).all()]  # fmt: skip
+    if not mine:
+        return 0
+    loaded_here = entry.model is None
+    entry.load(ctx.device)
+    try:
+        with preserve_model_state(entry.model):
+            entry.model.eval()
+            return _run_batches(entry, root, out, batches, mine, ctx, class_names, opts)
+    finally:
+        if loaded_here:  # free models this call loaded; the user's own stay as they were
+            entry.model = None
+
+
+def _rows(key: str, rows: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
+    get = lambda df, c, **kw: df[c].to_numpy(**kw)  # noqa: E731
+    out = {"model": key}
+    for col in ("image_id", "class_name"):
+        out[col] = get(rows, col)
+    out["label"] = get(rows, "class_index")
+    for col in ("instance", "background", "transform", "family"):
+        out[col] = get(rows, col)
+    out["level"] = get(rows, "level", dtype=float)
+    out["pred"], out["pred_name"] = get(t, "pred"), get(t, "pred_name")
+    out["correct"] = get(t, "correct", dtype=bool)
+    for col in ("fg_share", "iou", "mask_area"):
+        out[col] = get(t, col, dtype=float)
+    out["driver"] = get(t, "driver")
+    out["similarity"] = get(t, "similarity", dtype=float)
+    out["category"] = get(t, "category")
+    return pd.DataFrame(out, columns=list(RESULT_COLUMNS))
+
+
+def _run_batches(entry, root, out, batches, mine, ctx, class_names, opts) -> int:
+    from captum_clip.diagnosis import diagnose
+    from captum_clip.models import ClipClassifier
+
+    templates = entry.templates or opts["templates"] or DEFAULT_TEMPLATES
+    clf = ClipClassifier(entry.model, entry.tokenizer, class_names, templates=templates)
+    method = _method(clf, opts["n_clusters"], opts["attribution"])
+    fine_groups = _fine_groups(opts["fine_groups"], class_names)
+    part_dir = out / "parts" / slug(entry.key)
+    computed, pending = 0, []
+    bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"covar eval {entry.key}",
+               disable=not opts["show_progress"], position=ctx.rank)  # fmt: skip
+    for i, b in enumerate(mine):
+        rows = batches[b]
+        x, m = _load_batch(root, rows, entry.preprocess)
+        labels = torch.tensor(rows["class_index"].to_numpy(dtype=np.int64))
+        d = diagnose(clf, x.to(ctx.device), m.to(ctx.device), labels, class_names=class_names,
+                     method=method, tau=opts["tau"], fine_groups=fine_groups,
+                     fine_threshold=opts["fine_threshold"])  # fmt: skip
+        pending.append(_rows(entry.key, rows, d.table))
+        computed += len(rows)
+        bar.update(len(rows))
+        if len(pending) >= opts["chunk_batches"] or i == len(mine) - 1:
+            first = mine[i - len(pending) + 1]
+            part = table_path(part_dir, f"r{ctx.rank:03d}-b{first:07d}")
+            write_table(pd.concat(pending, ignore_index=True), part)
+            pending = []
+    bar.close()
+    return computed
+
+
+def _merge(out: Path) -> pd.DataFrame:
+    frames = []
+    final = find_table(out, "results")
+    if final is not None:
+        frames.append(read_table(final))
+    parts = sorted((out / "parts").glob("*/*")) if (out / "parts").is_dir() else []
+    parts = [p for p in parts if p.suffix in (".parquet", ".csv") and not p.name.startswith(".")]
+    frames += [read_table(p) for p in parts]
+    if not frames:
+        return pd.DataFrame(columns=list(RESULT_COLUMNS))
+    res = pd.concat(frames, ignore_index=True)
+    res = res.drop_duplicates(["model", "image_id"], keep="first")
+    res = res.sort_values(["model", "image_id"], kind="stable").reset_index(drop=True)
+    res = res[list(RESULT_COLUMNS)]
+    write_table(res, table_path(out, "results"))
+    if final is not None and final != table_path(out, "results"):
+        final.unlink()
+    for p in parts:
+        p.unlink()
+    return res
+
+
+def summarise_results(results: pd.DataFrame, subsets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per model x subset (transform, plus ``"all"``) counts and rates.
+
+    Columns: ``model, subset, family, n, accuracy, n_errors, bg_er, fine_er, fg_er``
+    (counts), ``bg_er_rate, fine_er_rate, fg_er_rate`` (shares of the errors, as
+    :func:`captum_clip.diagnosis.summarise`), ``bg_er_of_all`` (BG-Er / all images),
+    ``foreground_rate`` and ``mean_fg_share``.
+    """
+    from captum_clip.diagnosis import summarise
+
+    if subsets is None:
+        subsets = list(dict.fromkeys(results["transform"]))
+    keep = ("n", "accuracy", "n_errors", "bg_er", "fine_er", "fg_er", "bg_er_rate",
+            "fine_er_rate", "fg_er_rate", "foreground_rate", "mean_fg_share")  # fmt: skip
+    rows = []
+    for model in sorted(results["model"].unique()):
+        r = results[results["model"] == model]
+        for subset in [*subsets, "all"]:
+            part = r if subset == "all" else r[r["transform"] == subset]
+            if part.empty:
+                continue
+            s = summarise(part)
+            family = "all" if subset == "all" else str(part["family"].iloc[0])
+            row = {"model": model, "subset": subset, "family": family}
+            row.update({k: s[k] for k in keep})
+            row["bg_er_of_all"] = s["bg_er"] / s["n"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def evaluate(
+    root: str | os.PathLike,
+    models: Sequence[str | ModelEntry],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 32,
+    chunk_batches: int = 4,
+    n_clusters: int = 5,
+    tau: float = 0.5,
+    fine_groups: Sequence[Any] | Mapping[Any, Any] | None = None,
+    fine_threshold: float = 0.8,
+    templates: Sequence[str] | None = None,
+    attribution: Any = None,
+    subsets: Sequence[str] | None = None,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    plot: bool = True,
+    show_progress: bool = True,
+) -> EvalResult:
+    """Evaluates models on a COVAR folder (resumable; sharded under ``torchrun``).
+
+    Args:
+        root: Folder written by :func:`~captum_clip.covar.build`.
+        models: Specs (``"testbed"``, ``"testbed:shortcut"``, ``"ViT-B-32:openai"``,
+            ``"ViT-B-32:/path/ckpt.pt"``, ``"hf:<folder>"``) or
+            :class:`captum_clip.covar.ModelEntry` objects (moved to ``device``).
+        out_dir: Output folder (created).
+        batch_size: Images per forward/attribution batch (fixed batches: the same images
+            are batched together whatever the number of processes).
+        chunk_batches: Batches per chunk file (the unit of resuming).
+        n_clusters: CCI's K (capped at the number of patches).
+        tau: ``fg_share`` threshold of a foreground-driven prediction.
+        fine_groups: Close class groups for Fine-Er (default: the stripe classes on
+            testbed data, else text-embedding cosine above ``fine_threshold``).
+        fine_threshold: Cosine threshold of close classes.
+        templates: Prompt templates for models without their own (testbed models use
+            ``"a photo of {}"``; others default to ``"a photo of a {}."``).
+        attribution: Attribution method instead of CCI: an object with
+            ``.attribute(x, target=t)``, a callable ``(x, target)``, or a class called
+            with the classifier.
+        subsets: Only these transforms (default: all).
+        limit: Only the first ``limit`` images (sorted by id) — for quick runs.
+        device: ``None``/``"auto"``: CUDA per rank if available, else CPU.
+        plot: Write ``covar_eval.png``.
+        show_progress: tqdm progress bars.
+
+    Returns:
+        :class:`EvalResult`.
+    """
+    for name, v in (
+        ("batch_size", batch_size),
+        ("chunk_batches", chunk_batches),
+        ("n_clusters", n_clusters),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    if isinstance(models, (str, ModelEntry)) or len(models) == 0:
+        raise ValueError("models must be a non-empty list of specs")
+    root, out = Path(root), Path(out_dir)
+    settings = _settings(root)
+    class_names = list(settings["class_names"])
+    order = [t[0] for t in settings["transforms"]]
+    manifest = load_manifest(root).sort_values("image_id", kind="stable").reset_index(drop=True)
+    if subsets is not None:
+        unknown = sorted(set(subsets) - set(order))
+        if unknown:
+            raise ValueError(f"unknown subsets {unknown}; this folder has {order}")
+        manifest = manifest[manifest["transform"].isin(subsets)].reset_index(drop=True)
+    if limit is not None:
+        manifest = manifest.iloc[:limit]
+    if manifest.empty:
+        raise ValueError(f"no images to evaluate in {str(root)!r}")
+    entries = [resolve_model(m) for m in models]
+    keys = [e.key for e in entries]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"model keys must be unique, got {keys}")
+    batches = [manifest.iloc[s : s + batch_size] for s in range(0, len(manifest), batch_size)]
+    ctx = init_from_env(device)
+    opts = dict(templates=templates, n_clusters=n_clusters, attribution=attribution, tau=tau,
+                fine_groups=fine_groups, fine_threshold=fine_threshold,
+                chunk_batches=chunk_batches, show_progress=show_progress)  # fmt: skip
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        computed = 0
+        for entry in entries:
+            computed += _evaluate_model(entry, root, out, batches, ctx, class_names, opts)
+        ctx.barrier()
+        if ctx.is_main:
+            results = _merge(out)
+            summary = summarise_results(
+                results, [s for s in order if s in set(results["transform"])]
+            )
+            write_table(summary, table_path(out, "summary"))
+            if plot and not results.empty:
+                from captum_clip.covar.plots import plot_summary
+
+                plot_summary(summary, out / "covar_eval.png")
+        ctx.barrier()
+        results = read_table(find_table(out, "results"))
+        summary = read_table(find_table(out, "summary"))
+    finally:
+        ctx.close()
+    return EvalResult(results, summary, computed, out)

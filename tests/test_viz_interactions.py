@@ -8,7 +8,7 @@ import torch
 from conftest import make_tiny_vit, tiny_tokenizer
 
 from captum_clip.attr import InteractionResult
-from captum_clip.viz.interactions import caption_positions, plot_interactions, to_display_image
+from captum_clip.viz.interactions import caption_positions, plot_interactions
 
 
 def _result() -> InteractionResult:
@@ -51,13 +51,18 @@ def test_figure_has_one_map_per_word_and_token_bars():
     plt.close(fig)
 
 
-def test_display_image_and_errors():
-    arr = to_display_image(torch.linspace(-2, 2, 3 * 4 * 4).reshape(3, 4, 4))
-    assert arr.shape == (4, 4, 3) and arr.min() == 0.0 and arr.max() == 1.0
-    u8 = to_display_image(np.full((2, 2, 3), 255, dtype=np.uint8))
-    assert np.all(u8 == 1.0)
+def test_normalised_image_is_shown_in_true_colours_and_errors():
+    import matplotlib.pyplot as plt
+
+    pixels = torch.rand(3, 32, 32)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    normalised = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    fig = plot_interactions(_result(), normalised, mean=mean, std=std)
+    shown = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(np.asarray(shown), pixels.permute(1, 2, 0).numpy(), atol=1e-6)
+    plt.close(fig)
     with pytest.raises(ValueError, match="3, H, W"):
-        to_display_image(torch.rand(4, 8, 8))
+        plot_interactions(_result(), torch.rand(4, 8, 8))
     with pytest.raises(ValueError, match="pair"):
         plot_interactions(_result(), torch.rand(3, 32, 32), pair=3)
 

@@ -13,35 +13,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["caption_positions", "plot_interactions", "to_display_image"]
+from captum_clip.viz.maps import to_display
 
-
-def to_display_image(image: Any) -> np.ndarray:
-    """An ``(H, W, 3)`` float array in ``[0, 1]`` from a PIL image, array or tensor.
-
-    Tensors may be ``(3, H, W)`` or ``(1, 3, H, W)``; values outside ``[0, 1]`` (normalised
-    inputs) are min-max rescaled for display.
-    """
-    if hasattr(image, "convert") and hasattr(image, "size"):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, Tensor):
-        t = image.detach().float().cpu()
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim != 3 or t.shape[0] != 3:
-            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
-        image = t.permute(1, 2, 0).numpy()
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        raise TypeError(
-            f"image must be a PIL image, (H, W, 3) array or (3, H, W) tensor, got {type(image).__name__}"
-        )
-    arr = image.astype(np.float64)
-    if image.dtype == np.uint8:
-        arr = arr / 255.0
-    lo, hi = arr.min(), arr.max()
-    if lo < 0 or hi > 1:
-        arr = (arr - lo) / max(hi - lo, 1e-12)
-    return arr
+__all__ = ["caption_positions", "plot_interactions"]
 
 
 def caption_positions(tokens: Sequence[str]) -> list[int]:
@@ -59,12 +33,16 @@ def plot_interactions(
     cmap: str = "RdBu_r",
     alpha: float = 0.6,
     title: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ):
     """Image, one heat map per word, and a token bar chart for a region.
 
     Args:
         result: An :class:`~captum_clip.attr.interactions.InteractionResult`.
-        image: The picture to draw under the maps (see :func:`to_display_image`).
+        image: The picture to draw under the maps: a PIL image, an ``HxWx3`` array, or a
+            ``(3, H, W)`` tensor in ``[0, 1]`` (pass ``mean``/``std`` for a normalised one);
+            see :func:`captum_clip.viz.maps.to_display`.
         words: Token spans to map (ints, words, slices or lists of positions); default:
             every caption word (start/end tokens excluded).
         region: Patch-grid ``(h, w)`` or pixel ``(H, W)`` mask for the bar chart (default:
@@ -73,6 +51,9 @@ def plot_interactions(
         cmap: Diverging colour map (shared, symmetric limits over all maps).
         alpha: Opacity of the heat maps.
         title: Figure title (default: score and convergence delta).
+        mean: Normalisation mean of a normalised tensor ``image`` (e.g. open_clip's
+            ``OPENAI_DATASET_MEAN``); ``None``: the image is already displayable.
+        std: Normalisation std matching ``mean``.
 
     Returns:
         A ``matplotlib.figure.Figure``.
@@ -85,7 +66,7 @@ def plot_interactions(
     spans = list(words) if words is not None else caption_positions(tokens)
     if not spans:
         raise ValueError("no words to plot: the caption has no tokens between start and end")
-    img = to_display_image(image)
+    img = to_display(image, mean=mean, std=std)
     size = img.shape[:2]
     maps = [result.image_map(s, pair=pair, size=size).cpu().numpy() for s in spans]
     sums = [float(result.image_map(s, pair=pair).sum()) for s in spans]

@@ -29,14 +29,17 @@ def to_display(
     mean: Sequence[float] | None = OPENAI_DATASET_MEAN,
     std: Sequence[float] | None = OPENAI_DATASET_STD,
 ) -> np.ndarray:
-    """An ``HxWx3`` float array in ``[0, 1]`` from a (normalised) tensor or an array.
+    """An ``HxWx3`` float array in ``[0, 1]`` from a (normalised) tensor, an array or PIL image.
 
     Args:
-        image: ``(3, H, W)`` / ``(1, 3, H, W)`` tensor (normalised unless ``mean=None``), or
-            an ``HxWx3`` numpy array (uint8, or floats in ``[0, 1]``; never un-normalised).
+        image: ``(3, H, W)`` / ``(1, 3, H, W)`` tensor (normalised unless ``mean=None``), an
+            ``HxWx3`` numpy array (uint8, or floats in ``[0, 1]``; never un-normalised), or a
+            PIL image.
         mean: Per-channel mean used for normalisation (None: the tensor is in ``[0, 1]``).
         std: Per-channel std used for normalisation.
     """
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image
+        image = np.asarray(image.convert("RGB"))
     if isinstance(image, Tensor):
         x = image.detach().float().cpu()
         if x.ndim == 4 and x.shape[0] == 1:

@@ -25,14 +25,7 @@ def plot_summary(
     Returns:
         The matplotlib ``Figure``.
     """
-    import matplotlib
-
-    if path is not None and matplotlib.get_backend().lower() not in (
-        "agg",
-        "module://matplotlib_inline.backend_inline",
-    ):
-        matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     needed = {
         "model",
@@ -49,9 +42,9 @@ def plot_summary(
     per = summary[summary["subset"] != "all"]
     models = list(dict.fromkeys(summary["model"]))
     subsets = list(dict.fromkeys(per["subset"]))
-    fig, axes = plt.subplots(
-        3, 1, figsize=(max(8, 0.7 * len(subsets) * max(1, len(models)) / 2), 11)
-    )
+    # a pyplot-free Figure: never switches the user's backend, nothing to close
+    fig = Figure(figsize=(max(8, 0.7 * len(subsets) * max(1, len(models)) / 2), 11))
+    axes = fig.subplots(3, 1)
     width = 0.8 / max(1, len(models))
     x = np.arange(len(subsets))
     for panel, (col, label) in enumerate(
@@ -92,5 +85,4 @@ def plot_summary(
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
-        plt.close(fig)
     return fig

@@ -173,7 +173,7 @@ print("rows computed on the second call:", again.computed)
 
 # %%
 fig = covar.plot_summary(ev.summary)  # (plot=True above writes it to covar_eval.png)
-fig
+fig  # noqa: B018  (a notebook shows the last expression)
 
 # %% [markdown]
 # The command line does the same on larger builds:

@@ -306,7 +306,8 @@ class OpenClipText(TextTower):
         x = self.t.token_embedding(ids).to(cast)
         return x + self.t.positional_embedding[: ids.shape[1]].to(cast)
 
-    def _mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | None:
+    def attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | None:
+        """The additive mask the text blocks use for ``ids`` (causal, plus padding if any)."""
         if hasattr(self.t, "_build_additive_mask") and getattr(self.t, "use_pad_mask", False):
             return self.t._embeds(ids)[1]
         mask = self.t.attn_mask
@@ -315,7 +316,7 @@ class OpenClipText(TextTower):
         return mask[: ids.shape[1], : ids.shape[1]].to(dtype)
 
     def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
-        mask = self._mask(ids, x.dtype)
+        mask = self.attention_mask(ids, x.dtype)
         batch_first = getattr(self.t.transformer, "batch_first", True)
         if not batch_first:
             x = x.transpose(0, 1)

@@ -302,7 +302,7 @@ class ClipTextEncoder(TokenEncoder):
         pool = self.tower.pool_index(inputs)
         mask = None
         if hasattr(self.tower, "_mask"):
-            mask = self.tower._mask(inputs, torch.float32)
+            mask = self.tower.attention_mask(inputs, torch.float32)
             if mask is not None and mask.ndim != 2:
                 return None
         else:  # Hugging Face: always causal

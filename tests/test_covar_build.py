@@ -271,7 +271,7 @@ def test_folder_sources_and_cli(tmp_path):
 
 
 def test_csv_manifest_without_pyarrow(tmp_path, monkeypatch):
-    import captum_clip.covar._io as io
+    import captum_clip._tables as io
 
     monkeypatch.setattr(io, "has_parquet", lambda: False)
     inst, bgs = _sources()

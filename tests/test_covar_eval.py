@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import captum_clip._resumable as rs
 import captum_clip.diagnosis as diagnosis_mod
 from captum_clip import covar
 from captum_clip.cli import main as cli_main
@@ -122,7 +123,7 @@ def test_summary_matches_results(reference):
 def test_interrupted_run_resumes_without_recomputing(root, reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
     writes = {"n": 0}
-    real_write = ev.write_table
+    real_write = rs.write_table
 
     def failing_write(df, path):
         if "parts" in str(path):
@@ -131,11 +132,11 @@ def test_interrupted_run_resumes_without_recomputing(root, reference, tmp_path, 
                 raise RuntimeError("simulated interruption")
         return real_write(df, path)
 
-    monkeypatch.setattr(ev, "write_table", failing_write)
+    monkeypatch.setattr(rs, "write_table", failing_write)
     with pytest.raises(RuntimeError, match="simulated"):
         ev.evaluate(root, [_entry()], out, batch_size=4, chunk_batches=2, n_clusters=3,
                     show_progress=False)  # fmt: skip
-    monkeypatch.setattr(ev, "write_table", real_write)
+    monkeypatch.setattr(rs, "write_table", real_write)
     assert len(list((out / "parts").glob("*/*"))) == 2  # two chunks of 8 images saved
 
     seen = {"images": 0}

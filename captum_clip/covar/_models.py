@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +30,8 @@ class ModelEntry:
         templates: Zero-shot prompt templates (``None``: testbed or default templates).
         loader: Zero-argument callable returning ``(model, preprocess, tokenizer)``;
             called only when the model has work to do (resume skips loading).
+        fingerprint: Zero-argument callable returning the identity of the weights
+            (``"sha256:..."`` of the checkpoint file); see :meth:`identity`.
     """
 
     key: str
@@ -36,6 +40,25 @@ class ModelEntry:
     tokenizer: Callable | None = None
     templates: Sequence[str] | None = None
     loader: Callable[[], Any] | None = None
+    fingerprint: Callable[[], str] | None = None
+    _identity: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def identity(self) -> str:
+        """What the weights are, stored with every result row (``model_hash``).
+
+        ``"sha256:<16 hex>"`` of the checkpoint file for specs with a file (bundled testbed
+        variants included), of the state dict for a model passed in, ``""`` when it cannot be
+        known without loading (pretrained tags, random weights, a bare ``loader``). A resumed
+        run refuses stored rows of the same key with another known identity.
+        """
+        if self._identity is None:
+            if self.fingerprint is not None:
+                self._identity = str(self.fingerprint())
+            elif self.model is not None:
+                self._identity = state_dict_digest(self.model)
+            else:
+                self._identity = ""
+        return self._identity
 
     def load(self, device: torch.device) -> ModelEntry:
         """Loads (if needed) and moves the model to ``device`` (a no-op when it is there)."""
@@ -47,6 +70,59 @@ class ModelEntry:
             raise ValueError(f"model {self.key!r} needs a preprocess and a tokenizer")
         self.model = self.model.to(device)
         return self
+
+
+def state_dict_digest(model: nn.Module) -> str:
+    """``"sha256:<16 hex>"`` of a model's state dict (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _files_digest(paths: list[Path]) -> str:
+    from captum_clip._resumable import file_digest
+
+    if not paths:
+        return ""
+    if len(paths) == 1:
+        return file_digest(paths[0])
+    joined = "|".join(f"{p.name}={file_digest(p)}" for p in sorted(paths))
+    return "sha256:" + hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(
+    family: str, name: str, variant: str | None = None, checkpoint: str | None = None
+) -> str:
+    """Identity of the weights a parsed spec loads, without loading them.
+
+    Args:
+        family: ``"testbed"``, ``"open_clip"`` or ``"hf"``.
+        name: Architecture, or ``"hf:<folder>"``.
+        variant: Testbed variant.
+        checkpoint: Local weights file, if any.
+
+    Returns:
+        ``"sha256:<16 hex>"`` of the checkpoint file (bundled testbed weights, the files of a
+        Hugging Face folder), or ``""`` when unknown before loading (pretrained tags, random
+        weights, hub ids).
+    """
+    if checkpoint is not None:
+        return _files_digest([Path(checkpoint)] if os.path.isfile(checkpoint) else [])
+    if family == "testbed":
+        from captum_clip.testbed.zoo import weights_path
+
+        weights = weights_path(variant or "default")
+        return _files_digest([weights] if weights.is_file() else [])
+    if family == "hf":
+        folder = Path(name.removeprefix("hf:"))
+        if folder.is_dir():
+            return _files_digest(
+                [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
+            )
+    return ""
 
 
 def _split_spec(spec: str) -> tuple[str, str | None]:
@@ -80,15 +156,23 @@ def resolve_model(spec: str | ModelEntry, device: Any = "cpu") -> ModelEntry:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"testbed checkpoint not found: {path!r} (in {spec!r})")
             return ModelEntry(
-                spec, templates=TESTBED_TEMPLATES, loader=lambda: _testbed_file(variant, path)
+                spec,
+                templates=TESTBED_TEMPLATES,
+                loader=lambda: _testbed_file(variant, path),
+                fingerprint=lambda: weights_fingerprint("testbed", name, variant, path),
             )
         return ModelEntry(
             spec,
             templates=TESTBED_TEMPLATES,
             loader=lambda: load_clip("testbed", variant=variant, device=device),
+            fingerprint=lambda: weights_fingerprint("testbed", name, variant),
         )
     if name.startswith("hf:"):
-        return ModelEntry(spec, loader=lambda: load_clip(name, device=device))
+        return ModelEntry(
+            spec,
+            loader=lambda: load_clip(name, device=device),
+            fingerprint=lambda: weights_fingerprint("hf", name),
+        )
     import open_clip
 
     if name not in open_clip.list_models():  # fail now, not after other models ran
@@ -101,7 +185,11 @@ def resolve_model(spec: str | ModelEntry, device: Any = "cpu") -> ModelEntry:
     if tag is not None and (
         os.path.isfile(tag) or os.sep in tag or tag.endswith((".pt", ".bin", ".safetensors"))
     ):
-        return ModelEntry(spec, loader=lambda: load_clip(name, checkpoint=tag, device=device))
+        return ModelEntry(
+            spec,
+            loader=lambda: load_clip(name, checkpoint=tag, device=device),
+            fingerprint=lambda: weights_fingerprint("open_clip", name, checkpoint=tag),
+        )
     return ModelEntry(spec, loader=lambda: load_clip(name, pretrained=tag, device=device))
 
 
@@ -110,9 +198,10 @@ def _testbed_file(variant: str, path: str) -> tuple:
     from captum_clip.testbed.zoo import TestbedPreprocess, build_model, build_tokenizer, load_config
 
     cfg = load_config(variant)
+    state = {k: v.float() for k, v in _load_state_dict(path).items()}
     model = build_model(cfg)
     try:
-        model.load_state_dict({k: v.float() for k, v in _load_state_dict(path).items()})
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise ModelLoadError(
             f"checkpoint {path!r} does not match testbed variant {variant!r}: {err}"

@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from captum_clip.covar._io import find_table, read_table, slug, table_path, write_table
+from captum_clip._tables import find_table, read_table, slug, table_path, write_table
 from captum_clip.covar.sources import Background, Instance
 from captum_clip.covar.transforms import (
     TRANSFORMS,

@@ -10,9 +10,15 @@ for errors, ``BG-Er`` / ``Fine-Er`` / ``FG-Er``. Output folder::
     <out>/parts/             chunk files of an unfinished run (merged, then removed)
 
 (``.csv`` instead of ``.parquet`` without pyarrow.) Rows already present (keyed by model +
-image id) are never recomputed, so an interrupted run resumes where it stopped. Under
-``torchrun`` each rank evaluates its batches (:func:`~captum_clip.covar.distributed.shard`)
-and rank 0 merges after a barrier into the same table one process writes.
+image id) are never recomputed, so an interrupted run resumes where it stopped; every row
+carries ``model_hash`` (:meth:`ModelEntry.identity`), and stored rows of the same spec with
+other weights are refused, not reused. The bookkeeping is a
+:class:`captum_clip._resumable.ResumableTable`: several processes may write one output
+folder at once (each writes its own chunk files; reads and merges hold a lock on the
+folder), and every stored file is checked (columns, value ranges) before it is trusted.
+Under ``torchrun`` each rank evaluates its batches
+(:func:`~captum_clip.covar.distributed.shard`) and rank 0 merges after a barrier into the
+same table one process writes.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
-from captum_clip.covar._io import find_table, read_table, slug, table_path, write_table
+from captum_clip._resumable import ResumableTable, TableSchema
+from captum_clip._tables import table_path, write_table
 from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.covar.build import load_manifest
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
@@ -45,10 +52,21 @@ TESTBED_FINE_GROUPS: tuple[tuple[str, ...], ...] = (
 """Close relatives among the testbed classes (a Fine-Er confuses two of them)."""
 
 RESULT_COLUMNS = (
-    "model", "image_id", "class_name", "label", "instance", "background", "transform",
-    "family", "level", "pred", "pred_name", "correct", "fg_share", "iou", "mask_area",
-    "driver", "similarity", "category",
+    "model", "model_hash", "image_id", "class_name", "label", "instance", "background",
+    "transform", "family", "level", "pred", "pred_name", "correct", "fg_share", "iou",
+    "mask_area", "driver", "similarity", "category",
 )  # fmt: skip
+RESULT_SCHEMA = TableSchema(
+    columns=RESULT_COLUMNS,
+    key=("model", "image_id"),
+    ranges={"label": (0, float("inf")), "pred": (0, float("inf")), "fg_share": (0.0, 1.0),
+            "iou": (0.0, 1.0), "mask_area": (0.0, 1.0), "similarity": (-1.001, 1.001)},
+    choices={"correct": frozenset({True, False}),
+             "driver": frozenset({"foreground", "background"}),
+             "category": frozenset({"correct", "BG-Er", "Fine-Er", "FG-Er", "unknown"})},
+    not_null=("class_name", "label", "transform", "pred", "correct", "category"),
+)  # fmt: skip
+"""Checks applied to every stored results file before a resumed run trusts it."""
 
 
 @dataclass
@@ -77,18 +95,18 @@ def _settings(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _done_ids(out: Path, key: str) -> set[str]:
-    done: set[str] = set()
-    final = find_table(out, "results")
-    if final is not None:
-        t = read_table(final)
-        done.update(t.loc[t["model"] == key, "image_id"])
-    part_dir = out / "parts" / slug(key)
-    if part_dir.is_dir():
-        for p in sorted(part_dir.iterdir()):
-            if p.suffix in (".parquet", ".csv") and not p.name.startswith("."):
-                done.update(read_table(p)["image_id"])
-    return done
+def _done_ids(table: ResumableTable, entry: ModelEntry) -> set[str]:
+    """Image ids stored for this model; refuses rows of the same key with other weights."""
+    stored = table.stored(model=entry.key)
+    ident = entry.identity()
+    hashes = set(stored["model_hash"].fillna("").astype(str)) - {""}
+    if ident and hashes - {ident}:
+        raise ValueError(
+            f"{str(table.out_dir)!r} holds results of model {entry.key!r} computed with other "
+            f"weights ({sorted(hashes - {ident})[0]}) than it has now ({ident}); use another "
+            "--out folder, or move the old results away"
+        )
+    return set(stored["image_id"])
 
 
 def _load_batch(
@@ -130,10 +148,10 @@ def _method(classifier: Any, n_clusters: int, attribution: Any) -> Any:
 
 
 def _evaluate_model(
-    entry: ModelEntry, root: Path, out: Path, batches: list[pd.DataFrame], ctx: DistContext,
-    class_names: list[str], opts: dict,
+    entry: ModelEntry, root: Path, table: ResumableTable, batches: list[pd.DataFrame],
+    ctx: DistContext, class_names: list[str], opts: dict,
 ) -> int:  # fmt: skip
-    done = _done_ids(out, entry.key)
+    done = _done_ids(table, entry)
     ctx.barrier()  # every rank has read what is done before anyone writes
     mine = [b for b in shard(len(batches), ctx.rank, ctx.world_size)
             if not batches[b]["image_id"].isin(done).all()]  # fmt: skip
@@ -144,15 +162,15 @@ def _evaluate_model(
     try:
         with preserve_model_state(entry.model):
             entry.model.eval()
-            return _run_batches(entry, root, out, batches, mine, ctx, class_names, opts)
+            return _run_batches(entry, root, table, batches, mine, ctx, class_names, opts)
     finally:
         if loaded_here:  # free models this call loaded; the user's own stay as they were
             entry.model = None
 
 
-def _rows(key: str, rows: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
+def _rows(key: str, ident: str, rows: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
     get = lambda df, c, **kw: df[c].to_numpy(**kw)  # noqa: E731
-    out = {"model": key}
+    out = {"model": key, "model_hash": ident}
     for col in ("image_id", "class_name"):
         out[col] = get(rows, col)
     out["label"] = get(rows, "class_index")
@@ -169,7 +187,7 @@ def _rows(key: str, rows: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(RESULT_COLUMNS))
 
 
-def _run_batches(entry, root, out, batches, mine, ctx, class_names, opts) -> int:
+def _run_batches(entry, root, table, batches, mine, ctx, class_names, opts) -> int:
     from captum_clip.diagnosis import diagnose
     from captum_clip.models import ClipClassifier
 
@@ -177,7 +195,6 @@ def _run_batches(entry, root, out, batches, mine, ctx, class_names, opts) -> int
     clf = ClipClassifier(entry.model, entry.tokenizer, class_names, templates=templates)
     method = _method(clf, opts["n_clusters"], opts["attribution"])
     fine_groups = _fine_groups(opts["fine_groups"], class_names)
-    part_dir = out / "parts" / slug(entry.key)
     computed, pending = 0, []
     bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"covar eval {entry.key}",
                disable=not opts["show_progress"], position=ctx.rank)  # fmt: skip
@@ -188,38 +205,16 @@ def _run_batches(entry, root, out, batches, mine, ctx, class_names, opts) -> int
         d = diagnose(clf, x.to(ctx.device), m.to(ctx.device), labels, class_names=class_names,
                      method=method, tau=opts["tau"], fine_groups=fine_groups,
                      fine_threshold=opts["fine_threshold"])  # fmt: skip
-        pending.append(_rows(entry.key, rows, d.table))
+        pending.append(_rows(entry.key, entry.identity(), rows, d.table))
         computed += len(rows)
         bar.update(len(rows))
         if len(pending) >= opts["chunk_batches"] or i == len(mine) - 1:
             first = mine[i - len(pending) + 1]
-            part = table_path(part_dir, f"r{ctx.rank:03d}-b{first:07d}")
-            write_table(pd.concat(pending, ignore_index=True), part)
+            table.write_part(pd.concat(pending, ignore_index=True), group=entry.key,
+                             name=f"r{ctx.rank:03d}-b{first:07d}")  # fmt: skip
             pending = []
     bar.close()
     return computed
-
-
-def _merge(out: Path) -> pd.DataFrame:
-    frames = []
-    final = find_table(out, "results")
-    if final is not None:
-        frames.append(read_table(final))
-    parts = sorted((out / "parts").glob("*/*")) if (out / "parts").is_dir() else []
-    parts = [p for p in parts if p.suffix in (".parquet", ".csv") and not p.name.startswith(".")]
-    frames += [read_table(p) for p in parts]
-    if not frames:
-        return pd.DataFrame(columns=list(RESULT_COLUMNS))
-    res = pd.concat(frames, ignore_index=True)
-    res = res.drop_duplicates(["model", "image_id"], keep="first")
-    res = res.sort_values(["model", "image_id"], kind="stable").reset_index(drop=True)
-    res = res[list(RESULT_COLUMNS)]
-    write_table(res, table_path(out, "results"))
-    if final is not None and final != table_path(out, "results"):
-        final.unlink()
-    for p in parts:
-        p.unlink()
-    return res
 
 
 def summarise_results(results: pd.DataFrame, subsets: Sequence[str] | None = None) -> pd.DataFrame:
@@ -335,25 +330,30 @@ def evaluate(
     opts = dict(templates=templates, n_clusters=n_clusters, attribution=attribution, tau=tau,
                 fine_groups=fine_groups, fine_threshold=fine_threshold,
                 chunk_batches=chunk_batches, show_progress=show_progress)  # fmt: skip
+    table = ResumableTable(out, RESULT_SCHEMA, stem="results")
     try:
-        out.mkdir(parents=True, exist_ok=True)
         computed = 0
         for entry in entries:
-            computed += _evaluate_model(entry, root, out, batches, ctx, class_names, opts)
+            computed += _evaluate_model(entry, root, table, batches, ctx, class_names, opts)
         ctx.barrier()
         if ctx.is_main:
-            results = _merge(out)
-            summary = summarise_results(
-                results, [s for s in order if s in set(results["transform"])]
-            )
-            write_table(summary, table_path(out, "summary"))
-            if plot and not results.empty:
-                from captum_clip.covar.plots import plot_summary
+            with table.lock():  # another process's merge cannot slip between these writes
+                results = table.merge()
+                summary = summarise_results(
+                    results, [s for s in order if s in set(results["transform"])]
+                )
+                write_table(summary, table_path(out, "summary"))
+                if plot and not results.empty:
+                    from captum_clip.covar.plots import plot_summary
 
-                plot_summary(summary, out / "covar_eval.png")
+                    plot_summary(summary, out / "covar_eval.png")
         ctx.barrier()
-        results = read_table(find_table(out, "results"))
-        summary = read_table(find_table(out, "summary"))
+        if not ctx.is_main:
+            with table.lock():
+                results = table.stored()
+                summary = summarise_results(
+                    results, [s for s in order if s in set(results["transform"])]
+                )
     finally:
         ctx.close()
     return EvalResult(results, summary, computed, out)

@@ -37,9 +37,10 @@ def load_config(variant: str = "default") -> dict[str, Any]:
     """The recipe of a variant as a dict (model, data and train sections)."""
     if not isinstance(variant, str):
         raise TypeError(f"variant must be a str, got {type(variant).__name__}")
-    path = CONFIG_DIR / f"{variant}.json"
-    if not path.is_file():
+    # a name from the list, never a path: "../x" or "/abs/x" must not reach other folders
+    if variant not in list_variants():
         raise ValueError(f"unknown testbed variant {variant!r}; known variants: {list_variants()}")
+    path = CONFIG_DIR / f"{variant}.json"
     return json.loads(path.read_text())
 
 

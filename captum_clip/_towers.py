@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from captum_clip._blocks import BlockView
 from captum_clip._hooks import HookManager
 
 __all__ = ["VisionTower", "OpenClipViT", "OpenClipResNet", "TextTower", "OpenClipText"]
@@ -35,13 +36,54 @@ def _check_index(index: int, n_blocks: int, what: str) -> int:
 
 
 class VisionTower:
-    """Common interface of vision towers (see module docstring)."""
+    """Common interface of vision towers (see module docstring).
+
+    What callers may rely on is declared here; nothing outside an adapter reads a private
+    attribute of it or of the wrapped module.
+
+    Attributes:
+        module: The wrapped vision module (unchanged).
+        is_vit: Tokens are ``n_prefix`` prefix tokens followed by the patch grid.
+        n_prefix: Number of prefix (class) tokens.
+        batch_first: The blocks take ``(B, L, d)`` (else ``(L, B, d)``).
+    """
 
     is_vit: bool = False
     n_prefix: int = 0
+    batch_first: bool = True
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+
+    @property
+    def pool_type(self) -> str:
+        """How the embedding pools the tokens: ``"tok"`` (class token), ``"avg"`` (mean of
+        the patch tokens), ``"attn"`` (an attention pooler) or ``"unknown"``."""
+        return "unknown"
+
+    @property
+    def guarded(self) -> list[nn.Module]:
+        """Modules whose mode and ``requires_grad`` flags an attribution must restore."""
+        return [self.module]
+
+    @property
+    def heads(self) -> int:
+        raise ValueError(f"{type(self.module).__name__} is not a transformer vision tower")
+
+    def block_view(self, index: int) -> BlockView:
+        """The :class:`~captum_clip._blocks.BlockView` of block ``index`` (ViTs only)."""
+        if not self.is_vit:
+            raise ValueError(
+                f"this method needs a ViT vision tower; {type(self.module).__name__} is not one"
+            )
+        return BlockView(self.blocks[self.block_index(index)], self.heads)
+
+    def token_head(self, tokens: Tensor) -> Tensor:
+        """Map last-block tokens ``(..., d)`` to the (unnormalised) embedding space, each
+        token as if it were the pooled one (the vision head, shared by every caller)."""
+        raise ValueError(
+            f"{type(self.module).__name__} has no per-token head (a ViT tower is needed)"
+        )
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -122,8 +164,20 @@ class OpenClipViT(VisionTower):
         return tuple(self.module.grid_size)
 
     @property
-    def _batch_first(self) -> bool:
+    def batch_first(self) -> bool:  # type: ignore[override]
         return getattr(self.module.transformer, "batch_first", True)
+
+    @property
+    def pool_type(self) -> str:
+        if getattr(self.module, "attn_pool", None) is not None:
+            return "attn"
+        return getattr(self.module, "pool_type", "tok")
+
+    def token_head(self, tokens: Tensor) -> Tensor:
+        if self.pool_type == "attn":
+            raise ValueError("vision towers with an attention pooler (CoCa) are not supported")
+        x = self.module.ln_post(tokens)
+        return x if self.module.proj is None else x @ self.module.proj
 
     def embed(self, images: Tensor) -> Tensor:
         """Hidden state 0: patch + class embeddings, positions, ``ln_pre``; ``(B, L, d)``."""
@@ -133,11 +187,11 @@ class OpenClipViT(VisionTower):
         self, x: Tensor, start: int, stop: int, attn_mask: Tensor | None = None
     ) -> Tensor:
         """Run blocks ``start..stop-1`` on batch-first hidden states ``x``."""
-        if not self._batch_first:
+        if not self.batch_first:
             x = x.transpose(0, 1)
         for block in self.blocks[start:stop]:
             x = block(x, attn_mask=attn_mask)
-        if not self._batch_first:
+        if not self.batch_first:
             x = x.transpose(0, 1)
         return x
 
@@ -180,14 +234,14 @@ class OpenClipViT(VisionTower):
                 f"hidden must be a (B, {self.n_patches}) bool tensor, got "
                 f"{tuple(hidden.shape)} {hidden.dtype}"
             )
-        if getattr(self.module, "attn_pool", None) is not None:
+        if self.pool_type == "attn":
             raise ValueError(
                 "attention-mode masking does not support open_clip towers with an "
                 "attention pooler yet; use mask_mode='pixel'"
             )
         mask = self.key_mask(hidden)
         batch = hidden.shape[0]
-        batch_dim = 0 if self._batch_first else 1
+        batch_dim = 0 if self.batch_first else 1
 
         def inject(module, args, kwargs):
             x = args[0] if args else kwargs["q_x"]
@@ -204,7 +258,7 @@ class OpenClipViT(VisionTower):
         with HookManager() as hooks:
             for block in self.blocks:
                 hooks.forward_pre(block, inject, with_kwargs=True)
-            if getattr(self.module, "pool_type", "tok") == "avg":
+            if self.pool_type == "avg":
                 keep = (~hidden).to(mask.dtype)
 
                 def masked_avg_pool(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -218,6 +272,8 @@ class OpenClipViT(VisionTower):
 
 class OpenClipResNet(VisionTower):
     """open_clip ``ModifiedResNet`` (pixel-mode methods only)."""
+
+    pool_type = "attn"  # AttentionPool2d
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -245,7 +301,12 @@ class OpenClipResNet(VisionTower):
 
 
 class TextTower:
-    """open_clip / HF text tower interface: embed, run blocks, pool to the embedding."""
+    """open_clip / HF text tower interface: embed, run blocks, pool to the embedding.
+
+    Declared contract (callers use nothing else): :meth:`attention_mask` (the additive mask
+    the blocks use), :meth:`pool_index`, :meth:`token_head` (the pooled head), :meth:`head`,
+    :meth:`block_view`, ``blocks`` and ``context_length``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -258,6 +319,14 @@ class TextTower:
     def n_blocks(self) -> int:
         return len(self.blocks)
 
+    @property
+    def context_length(self) -> int:
+        raise NotImplementedError
+
+    def block_view(self, index: int) -> BlockView:
+        """The :class:`~captum_clip._blocks.BlockView` of block ``index``."""
+        return BlockView(self.blocks[_check_index(index, self.n_blocks - 1, "index")])
+
     def hidden_state(self, ids: Tensor, index: int) -> Tensor:
         index = _check_index(index, self.n_blocks, "index")
         return self.run_blocks(self.embed(ids), ids, 0, index)
@@ -269,15 +338,25 @@ class TextTower:
     def embed(self, ids: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
+    def attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | None:
+        """The additive mask the blocks use for ``ids``: ``(S, S)`` (causal), ``None`` (no
+        mask: every token reads every token) or a per-example mask of higher rank."""
         raise NotImplementedError
 
-    def head(self, x: Tensor, ids: Tensor) -> Tensor:
+    def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
         raise NotImplementedError
 
     def pool_index(self, ids: Tensor) -> Tensor:
         """Position ``(B,)`` of the pooled (end-of-text) token."""
         raise NotImplementedError
+
+    def token_head(self, rows: Tensor) -> Tensor:
+        """Final norm and projection of output rows ``(..., d)`` -> embeddings ``(..., D)``."""
+        raise NotImplementedError
+
+    def head(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Embeddings ``(B, D)`` from the last block's output ``(B, S, d)``."""
+        return self.token_head(x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)])
 
 
 class OpenClipText(TextTower):
@@ -337,10 +416,9 @@ class OpenClipText(TextTower):
             return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
         raise ValueError(f"unsupported text pool type {pool!r}")
 
-    def head(self, x: Tensor, ids: Tensor) -> Tensor:
-        x = self.t.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)]
+    def token_head(self, rows: Tensor) -> Tensor:
+        x = self.t.ln_final(rows)
         proj = self.t.text_projection
         if proj is None:
-            return pooled
-        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+            return x
+        return proj(x) if isinstance(proj, nn.Module) else x @ proj

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_clip._validate import check_batch_size, check_target
 from captum_clip.metrics import mask_iou, mask_share
 from captum_clip.metrics._common import check_inputs
 
@@ -274,17 +275,7 @@ def _check_tau(tau: float) -> float:
 
 
 def _class_vector(value: Any, n: int, n_classes: int, name: str) -> Tensor:
-    t = torch.as_tensor(value)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class indices, got dtype {t.dtype}")
-    t = t.long().cpu()
-    if t.ndim == 0:
-        t = t.expand(n).clone()
-    if t.shape != (n,):
-        raise ValueError(f"{name} must have {n} entries (one per image), got {tuple(t.shape)}")
-    if ((t < 0) | (t >= n_classes)).any():
-        raise ValueError(f"{name} must lie in [0, {n_classes}), got {t.unique().tolist()[:10]}")
-    return t
+    return check_target(value, n, n_classes, name=name)
 
 
 def _check_masks(masks: Any, n: int, size: tuple[int, int], where: str) -> Tensor:
@@ -380,12 +371,7 @@ def diagnose(
     check_inputs(images)
     tau = _check_tau(tau)
     n, size = images.shape[0], (images.shape[-2], images.shape[-1])
-    if internal_batch_size is None:
-        internal_batch_size = n
-    if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
-        raise TypeError(f"internal_batch_size must be an int or None, got {internal_batch_size!r}")
-    if internal_batch_size < 1:
-        raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
+    internal_batch_size = check_batch_size(internal_batch_size) or n
     if isinstance(target, str) and target not in ("pred", "label"):
         raise ValueError(f"target must be 'pred', 'label' or class indices, got {target!r}")
     if class_names is None:

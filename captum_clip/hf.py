@@ -69,8 +69,19 @@ class HFClipVision(VisionTower):
             x = layer(x, attn_mask)
         return x
 
+    @property
+    def pool_type(self) -> str:
+        return "tok"
+
+    @property
+    def guarded(self) -> list[nn.Module]:
+        return [self.module, self.clip]
+
+    def token_head(self, tokens: Tensor) -> Tensor:
+        return self.clip.visual_projection(self.module.post_layernorm(tokens))
+
     def head(self, x: Tensor) -> Tensor:
-        return self.clip.visual_projection(self.module.post_layernorm(x[:, 0]))
+        return self.token_head(x[:, 0])
 
     def hidden_state(self, images: Tensor, index: int) -> Tensor:
         return self.run_blocks(self.embed(images), 0, _check_index(index, self.n_blocks, "index"))
@@ -136,10 +147,13 @@ class HFClipText(TextTower):
     def embed(self, ids: Tensor) -> Tensor:
         return self.t.embeddings(input_ids=ids)
 
+    def attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
+        """The causal ``(S, S)`` additive mask (CLIP's text tower is always causal)."""
+        s = ids.shape[1]
+        return torch.full((s, s), float("-inf"), device=ids.device, dtype=dtype).triu(1)
+
     def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
-        s = x.shape[1]
-        causal = torch.full((s, s), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
-        causal = causal[None, None]
+        causal = self.attention_mask(ids, x.dtype)[None, None]
         for layer in self.blocks[start:stop]:
             x = layer(x, causal)
         return x
@@ -150,10 +164,8 @@ class HFClipText(TextTower):
             return ids.argmax(dim=-1)
         return (ids == eos).int().argmax(dim=-1)
 
-    def head(self, x: Tensor, ids: Tensor) -> Tensor:
-        x = self.t.final_layer_norm(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)]
-        return self.model.text_projection(pooled)
+    def token_head(self, rows: Tensor) -> Tensor:
+        return self.model.text_projection(self.t.final_layer_norm(rows))
 
 
 class HFTokenizer:

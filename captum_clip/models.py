@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_clip._towers import OpenClipResNet, OpenClipText, OpenClipViT, TextTower, VisionTower
+from captum_clip._adapter import ClipAdapter, resolve_tower
+from captum_clip._towers import VisionTower
+from captum_clip._validate import check_images
 
 __all__ = [
     "ClipAdapter",
@@ -29,6 +31,7 @@ __all__ = [
     "ModelLoadError",
     "check_images",
     "load_clip",
+    "resolve_tower",
     "token_strings",
     "tokenize",
 ]
@@ -56,62 +59,6 @@ class LoadedClip:
 
     def __iter__(self):
         return iter((self.model, self.preprocess, self.tokenizer))
-
-
-class ClipAdapter:
-    """Uniform view of a CLIP dual encoder (open_clip or Hugging Face ``CLIPModel``).
-
-    Attributes:
-        model: The wrapped model (unchanged).
-        vision: A :class:`~captum_clip._towers.VisionTower` (patch grid, blocks, hidden states).
-        text: A :class:`~captum_clip._towers.TextTower`.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        from captum_clip.hf import HFClipText, HFClipVision, is_hf_clip
-
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"expected a CLIP nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.is_hf = is_hf_clip(model)
-        if self.is_hf:
-            self.vision: VisionTower = HFClipVision(model)
-            self.text: TextTower = HFClipText(model)
-            return
-        visual = getattr(model, "visual", None)
-        if visual is None or not hasattr(model, "encode_text"):
-            raise TypeError(
-                f"{type(model).__name__} is neither an open_clip CLIP (with .visual "
-                "and .encode_text) nor a transformers CLIPModel"
-            )
-        if hasattr(visual, "transformer") and hasattr(visual, "_embeds"):
-            self.vision = OpenClipViT(visual)
-        elif hasattr(visual, "layer4") and hasattr(visual, "stem"):
-            self.vision = OpenClipResNet(visual)
-        else:
-            self.vision = VisionTower(visual)
-        self.text = OpenClipText(model)
-
-    def encode_image(self, images: Tensor) -> Tensor:
-        """Unnormalised image embeddings ``(B, D)``."""
-        if self.is_hf:
-            return self.vision(images)
-        return self.model.encode_image(images)
-
-    def encode_text(self, ids: Tensor) -> Tensor:
-        """Unnormalised text embeddings ``(N, D)``."""
-        if self.is_hf:
-            return self.text.from_hidden(self.text.embed(ids), ids, 0)
-        return self.model.encode_text(ids)
-
-    @property
-    def logit_scale(self) -> Tensor:
-        return self.model.logit_scale.detach().exp()
-
-    @property
-    def logit_bias(self) -> Tensor | None:
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else bias.detach()
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -154,32 +101,6 @@ def token_strings(tokenizer: Callable, ids: Sequence[int]) -> list[str]:
     if hasattr(inner, "convert_ids_to_tokens"):
         return list(inner.convert_ids_to_tokens(ids))
     return [str(i) for i in ids]
-
-
-def check_images(
-    images: Any, image_size: tuple[int, int] | None = None, name: str = "images"
-) -> Tensor:
-    """Validate a ``(B, 3, H, W)`` floating tensor without NaN/inf (and of the model's size)."""
-    if not isinstance(images, Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating tensor (preprocessed, normalised), got {images.dtype}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch")
-    if image_size is not None and tuple(images.shape[-2:]) != tuple(image_size):
-        raise ValueError(
-            f"{name} must be {image_size[0]}x{image_size[1]} for this model, got "
-            f"{images.shape[-2]}x{images.shape[-1]} (use the model's preprocess)"
-        )
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return images
 
 
 class _ClipHead(nn.Module):

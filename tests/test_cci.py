@@ -291,7 +291,7 @@ def test_bad_input_errors(clf, x):
         CCI(clf, mask_mode="pixels")
     with pytest.raises(ValueError, match="32x32"):
         CCI(clf).attribute(torch.randn(1, 3, 64, 64), target=0)
-    with pytest.raises(ValueError, match=r"target must be in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"target must be in \[0, 2\]"):
         CCI(clf, n_clusters=3).attribute(x, target=3)
     with pytest.raises(ValueError, match="target is required"):
         CCI(clf, n_clusters=3).attribute(x)

@@ -232,9 +232,9 @@ def test_bad_inputs():
         diagnose(Toy(), x, m, LABELS, attributions=a, tau=1.5)
     with pytest.raises(ValueError, match="masks must have shape"):
         diagnose(Toy(), x, m[:, :4], LABELS, attributions=a)
-    with pytest.raises(ValueError, match="labels must have 6"):
+    with pytest.raises(ValueError, match=r"labels must have one entry per example \(6\)"):
         diagnose(Toy(), x, m, LABELS[:3], attributions=a)
-    with pytest.raises(ValueError, match="labels must lie"):
+    with pytest.raises(ValueError, match="labels must be in"):
         diagnose(Toy(), x, m, LABELS + 3, attributions=a)
     with pytest.raises(TypeError, match="integer"):
         diagnose(Toy(), x, m, LABELS.float(), attributions=a)

@@ -12,7 +12,7 @@ from conftest import TINY_VIT, ToyHFTokenizer, make_tiny_hf_clip, make_tiny_vit,
 
 from captum_clip._hooks import HookManager
 from captum_clip.attr import GradECLIP
-from captum_clip.attr._vit_blocks import traced_scores
+from captum_clip.attr._base import traced_scores
 from captum_clip.attr.grad_eclip import grad_eclip_contributions
 from captum_clip.models import ClipClassifier, ClipSimilarity
 

@@ -343,3 +343,23 @@ def test_model_restored_after_exception():
     a = ii.attribute(torch.zeros(1, 3, 32, 32), ["a red circle"], n_steps=2)
     assert torch.isfinite(a).all() and all(m.training for m in model.modules())
     assert ii.has_convergence_delta()
+
+
+def test_non_causal_open_clip_text_tower_fast_equals_forward():
+    """A non-causal open_clip text tower: the pooled token reads every key, and the fast
+    route (one row recomputed per tangent) must agree with the general forward route."""
+    import open_clip
+    from conftest import TINY_VIT
+
+    cfg = dict(TINY_VIT, text_cfg=dict(TINY_VIT["text_cfg"], no_causal_mask=True))
+    torch.manual_seed(3)
+    model = open_clip.model.CLIP(**cfg).eval()
+    assert model.attn_mask is None  # the tower really is non-causal
+    img = torch.randn(2, 3, 32, 32)
+    ii = IntegratedInteractions(model, tiny_tokenizer())
+    fast = ii.attribute(img, CAPTIONS, n_steps=6, route="fast")
+    forward = ii.attribute(img, CAPTIONS, n_steps=6, route="forward")
+    assert (fast - forward).abs().max() < 1e-6
+    # with no causal mask, tokens after <eot> reach the embedding too
+    eot = tiny_tokenizer()(CAPTIONS).argmax(-1)
+    assert forward[0, eot[0] + 1 :].abs().max() > 0

@@ -166,7 +166,7 @@ def test_errors(clf):
         m.attribute(x)
     with pytest.raises(ValueError, match=r"target must be in \[0, 2\]"):
         m.attribute(x, target=3)
-    with pytest.raises(ValueError, match="one target per example"):
+    with pytest.raises(ValueError, match="one entry per example"):
         m.attribute(x, target=[0, 1, 2])
     with pytest.raises(TypeError, match="target"):
         m.attribute(x, target=1.0)

@@ -149,7 +149,7 @@ def test_road_batch_split_and_seed_invariance():
         (dict(percentages=(10, 100)), ValueError, r"\[0, 100\)"),
         (dict(percentages=()), ValueError, "non-empty"),
         (dict(score="acc"), ValueError, "score must be one of"),
-        (dict(target=4), ValueError, "target must lie"),
+        (dict(target=4), ValueError, "target must be in"),
         (dict(attributions=torch.zeros(2, 5, 5)), ValueError, "attributions must have shape"),
     ],
 )

@@ -16,7 +16,7 @@ from test_grad_eclip import hand_score, manual_block, one_informative_patch_mode
 
 from captum_clip._hooks import HookManager
 from captum_clip.attr import GradECLIP, GradientRollout, MaskCLIP
-from captum_clip.attr._vit_blocks import BlockView, block_forward, trace_blocks
+from captum_clip._blocks import BlockView, block_forward, trace_blocks
 from captum_clip.models import ClipClassifier
 
 CLASSES = ["cat", "dog", "car"]

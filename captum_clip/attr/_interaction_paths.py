@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from captum_clip._blocks import RowPath
 
 __all__ = [
     "RowPath",
@@ -158,33 +159,6 @@ def integrate_reverse(
         u[:, tokens] += (rows[:, tokens] * delta[tokens]).sum(-1)
         update(a.numel())
     return u
-
-
-@dataclass
-class RowPath:
-    """The last pre-norm transformer block and the head, seen from the pooled token.
-
-    ``block(x) = r + ls2(mlp(ln2(r)))`` with ``r = x + ls1(attn(ln1(x)))`` and multi-head
-    attention with the given projections (``y = z @ w.T + b``); ``head`` maps the block's
-    pooled output row ``(d,)`` to the unnormalised embedding ``(D,)``.
-    """
-
-    ln1: Callable[[Tensor], Tensor]
-    wq: Tensor
-    bq: Tensor
-    wk: Tensor
-    bk: Tensor
-    wv: Tensor
-    bv: Tensor
-    wo: Tensor
-    bo: Tensor
-    heads: int
-    scale: float
-    ls1: Callable[[Tensor], Tensor]
-    ln2: Callable[[Tensor], Tensor]
-    mlp: Callable[[Tensor], Tensor]
-    ls2: Callable[[Tensor], Tensor]
-    head: Callable[[Tensor], Tensor]
 
 
 def integrate_pooled(

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from captum_clip.attr._interaction_paths import RowPath
-from captum_clip.models import check_images, token_strings, tokenize
+from captum_clip._blocks import RowPath, row_path
+from captum_clip._validate import check_images
+from captum_clip.models import token_strings, tokenize
 
 __all__ = ["TokenEncoder", "ClipImageEncoder", "ClipTextEncoder", "layer_to_index"]
 
@@ -108,41 +109,6 @@ def _user_baseline(inputs: Tensor, spec: Any) -> Tensor:
     return ref.to(inputs.device, inputs.dtype).expand_as(inputs).clone()
 
 
-def _block_parts(block: nn.Module, head: Callable[[Tensor], Tensor]) -> RowPath | None:
-    """A :class:`RowPath` for an open_clip ``ResidualAttentionBlock`` or an HF CLIP layer."""
-    attn = getattr(block, "attn", None)
-    if isinstance(attn, nn.MultiheadAttention):
-        if (
-            not attn._qkv_same_embed_dim
-            or attn.bias_k is not None
-            or attn.add_zero_attn
-            or hasattr(block, "ln_1_kv")
-            or not all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"))
-        ):
-            return None
-        d = attn.embed_dim
-        w = attn.in_proj_weight
-        b = attn.in_proj_bias if attn.in_proj_bias is not None else w.new_zeros(3 * d)
-        wq, wk, wv = w.chunk(3)
-        bq, bk, bv = b.chunk(3)
-        out = attn.out_proj
-        bo = out.bias if out.bias is not None else w.new_zeros(d)
-        return RowPath(
-            block.ln_1, wq, bq, wk, bk, wv, bv, out.weight, bo, attn.num_heads,
-            (d // attn.num_heads) ** -0.5, block.ls_1, block.ln_2, block.mlp, block.ls_2, head,
-        )  # fmt: skip
-    sa = getattr(block, "self_attn", None)
-    if sa is not None and all(hasattr(sa, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj")):
-        ident = nn.Identity()
-        return RowPath(
-            block.layer_norm1, sa.q_proj.weight, sa.q_proj.bias, sa.k_proj.weight,
-            sa.k_proj.bias, sa.v_proj.weight, sa.v_proj.bias, sa.out_proj.weight,
-            sa.out_proj.bias, sa.num_heads, float(sa.scale), ident, block.layer_norm2,
-            block.mlp, ident, head,
-        )  # fmt: skip
-    return None
-
-
 class ClipImageEncoder(TokenEncoder):
     """The image tower of a CLIP ViT (open_clip or HF): tokens are ``[CLS, patches]``."""
 
@@ -182,23 +148,10 @@ class ClipImageEncoder(TokenEncoder):
         return torch.ones(inputs.shape[0], n, dtype=torch.bool, device=inputs.device)
 
     def pooled(self, inputs: Tensor, index: int) -> Pooled | None:
-        if index != self.n_blocks - 1:
+        tower = self.tower
+        if index != self.n_blocks - 1 or tower.pool_type != "tok":
             return None
-        tower, m = self.tower, self.tower.module
-        if hasattr(tower, "clip"):  # Hugging Face
-
-            def head(r: Tensor) -> Tensor:
-                return tower.clip.visual_projection(m.post_layernorm(r))
-
-        else:
-            if getattr(m, "attn_pool", None) is not None or getattr(m, "pool_type", "tok") != "tok":
-                return None
-
-            def head(r: Tensor) -> Tensor:
-                r = m.ln_post(r)
-                return r if m.proj is None else r @ m.proj
-
-        row = _block_parts(tower.blocks[-1], head)
+        row = row_path(tower.blocks[-1], tower.token_head)
         if row is None:
             return None
         b = inputs.shape[0]
@@ -298,18 +251,12 @@ class ClipTextEncoder(TokenEncoder):
 
     def _allowed(self, inputs: Tensor) -> Tensor | None:
         """Keys the pooled token reads (causal row), or None for a padding-masked tower."""
-        b, s = inputs.shape
-        pool = self.tower.pool_index(inputs)
-        mask = None
-        if hasattr(self.tower, "_mask"):
-            mask = self.tower.attention_mask(inputs, torch.float32)
-            if mask is not None and mask.ndim != 2:
-                return None
-        else:  # Hugging Face: always causal
-            mask = torch.full((s, s), float("-inf"), device=inputs.device).triu(1)
-        if mask is None:
-            return torch.ones(b, s, dtype=torch.bool, device=inputs.device)
-        return torch.isfinite(mask[pool])
+        mask = self.tower.attention_mask(inputs, torch.float32)
+        if mask is None:  # no mask: every token reads every token
+            return torch.ones(inputs.shape, dtype=torch.bool, device=inputs.device)
+        if mask.ndim != 2:  # a per-example (padding) mask
+            return None
+        return torch.isfinite(mask[self.tower.pool_index(inputs)])
 
     def active(self, inputs: Tensor, index: int) -> Tensor:
         allowed = self._allowed(inputs)
@@ -324,22 +271,7 @@ class ClipTextEncoder(TokenEncoder):
         if allowed is None:
             return None
         tower = self.tower
-        if hasattr(tower, "t") and hasattr(tower.t, "final_layer_norm"):  # Hugging Face
-
-            def head(r: Tensor) -> Tensor:
-                return tower.model.text_projection(tower.t.final_layer_norm(r))
-
-        else:
-            t = tower.t
-
-            def head(r: Tensor) -> Tensor:
-                r = t.ln_final(r)
-                proj = t.text_projection
-                if proj is None:
-                    return r
-                return proj(r) if isinstance(proj, nn.Module) else r @ proj
-
-        row = _block_parts(tower.blocks[-1], head)
+        row = row_path(tower.blocks[-1], tower.token_head)
         return None if row is None else (row, tower.pool_index(inputs), allowed)
 
     def labels(self, inputs: Tensor) -> list[list[str]]:

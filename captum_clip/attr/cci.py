@@ -30,9 +30,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_clip._hooks import HookManager, preserve_model_state
-from captum_clip._towers import OpenClipResNet, OpenClipViT, VisionTower
+from captum_clip._towers import VisionTower
+from captum_clip._validate import check_batch_size, check_images, check_target
 from captum_clip.metrics._common import make_baseline
-from captum_clip.models import ClipAdapter, check_images
+from captum_clip.models import resolve_tower
 
 __all__ = ["CCI", "CCIResult", "ClusterConceptImportance", "resolve_vision"]
 
@@ -79,43 +80,7 @@ class CCIResult:
         return self.labels == top[:, None, None]
 
 
-def resolve_vision(forward_func: Callable, vision_model: Any = None) -> VisionTower:
-    """The vision-tower adapter for ``forward_func`` / an explicit ``vision_model``.
-
-    Args:
-        forward_func: A ``ClipClassifier`` / ``ClipSimilarity`` (its ``.vision`` is used
-            when ``vision_model`` is None) or any callable.
-        vision_model: A :class:`~captum_clip._towers.VisionTower`, a :class:`ClipAdapter`,
-            an open_clip ``CLIP`` / Hugging Face ``CLIPModel``, or an open_clip visual
-            module (``VisionTransformer`` or ``ModifiedResNet``).
-    """
-    if vision_model is None:
-        vision = getattr(forward_func, "vision", None)
-        if isinstance(vision, VisionTower):
-            return vision
-        raise TypeError(
-            f"cannot find the vision tower of {type(forward_func).__name__}: pass a "
-            "ClipClassifier/ClipSimilarity, or vision_model= (a CLIP model or its .visual)"
-        )
-    if isinstance(vision_model, VisionTower):
-        return vision_model
-    if isinstance(vision_model, ClipAdapter):
-        return vision_model.vision
-    if not isinstance(vision_model, nn.Module):
-        raise TypeError(
-            "vision_model must be a VisionTower, ClipAdapter, CLIP model or open_clip visual "
-            f"module, got {type(vision_model).__name__}"
-        )
-    if hasattr(vision_model, "encode_text") or hasattr(vision_model, "vision_model"):
-        return ClipAdapter(vision_model).vision
-    if hasattr(vision_model, "transformer") and hasattr(vision_model, "_embeds"):
-        return OpenClipViT(vision_model)
-    if hasattr(vision_model, "layer4") and hasattr(vision_model, "stem"):
-        return OpenClipResNet(vision_model)
-    raise TypeError(
-        f"unsupported vision_model {type(vision_model).__name__}: expected an open_clip CLIP, "
-        "a transformers CLIPModel, or an open_clip VisionTransformer / ModifiedResNet"
-    )
+resolve_vision = resolve_tower  # former name; see captum_clip.models.resolve_tower
 
 
 def _check_n_clusters(n_clusters: Any) -> tuple[int, ...]:
@@ -136,7 +101,7 @@ def _grid_tokens(vision: VisionTower, out: Any, batch: int) -> Tensor | None:
         return out.permute(0, 2, 3, 1)
     if out.ndim != 3 or not vision.is_vit:
         return None
-    if not getattr(vision, "_batch_first", True):
+    if not vision.batch_first:
         out = out.transpose(0, 1)
     h, w = vision.grid_size
     if out.shape[0] != batch or out.shape[1] != vision.n_prefix + h * w:
@@ -158,8 +123,8 @@ class CCI(PerturbationAttribution):
     Args:
         forward_func: ``ClipClassifier`` / ``ClipSimilarity`` or any callable
             ``images -> (B, n_outputs)`` (then pass ``vision_model``).
-        vision_model: See :func:`resolve_vision`; needed when ``forward_func`` has no
-            ``.vision``. The patch features are taken from this tower.
+        vision_model: See :func:`captum_clip.models.resolve_tower`; needed when
+            ``forward_func`` has no ``.vision``. The patch features are taken from this tower.
         layer: Block whose output tokens are clustered (default the last).
         n_clusters: K, or a sequence of K (multi-K ensemble: the maps are averaged).
         mask_mode: ``"attention"`` (hide patch keys in every attention layer; ViTs) or
@@ -190,7 +155,7 @@ class CCI(PerturbationAttribution):
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        self.vision = resolve_vision(forward_func, vision_model)
+        self.vision = resolve_tower(forward_func, vision_model)
         self.layer = layer
         self.vision.block_index(layer)  # validates
         self.n_clusters = _check_n_clusters(n_clusters)
@@ -256,28 +221,12 @@ class CCI(PerturbationAttribution):
                 f"forward_func must return (B,) or (B, n_outputs) with B={self._batch}, got "
                 f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
             )
-        n_out = 1 if out.ndim == 1 else out.shape[1]
-        if target is None:
-            if n_out != 1:
-                raise ValueError(f"target is required: forward_func has {n_out} outputs")
-            if self.score == "prob":
-                raise ValueError("score='prob' needs a forward_func with several outputs")
+        if self.score == "prob" and (out.ndim == 1 or out.shape[1] == 1):
+            raise ValueError("score='prob' needs a forward_func with several outputs")
+        if out.ndim == 1:
+            check_target(target, self._batch, 1)
             return None
-        if isinstance(target, bool) or isinstance(target, (float, str)):
-            raise TypeError(f"target must be an int, a list of ints or a tensor, got {target!r}")
-        t = torch.as_tensor(target, device=out.device)
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"target must hold integers, got dtype {t.dtype}")
-        t = t.long().flatten()
-        if t.numel() == 1:
-            t = t.expand(self._batch)
-        if t.numel() != self._batch:
-            raise ValueError(
-                f"target must have one entry per example ({self._batch}), got {t.numel()}"
-            )
-        if out.ndim == 1 or (t < 0).any() or (t >= n_out).any():
-            raise ValueError(f"target must be in [0, {n_out}), got {t.tolist()}")
-        return t.clone()
+        return check_target(target, self._batch, out.shape[1]).to(out.device)
 
     def _prepare(self, out: Tensor) -> Tensor:
         """Forward output → what the target indexes (softmax for ``score='prob'``)."""
@@ -409,8 +358,7 @@ class CCI(PerturbationAttribution):
 
         Args:
             inputs: ``(B, 3, H, W)`` normalised images (or a 1-tuple of them).
-            target: Output index per example: int, list/tensor of ``B`` ints; None only
-                when ``forward_func`` has a single output.
+            target: See :mod:`captum_clip._validate` (an int, or one per example).
             additional_forward_args: Extra arguments of ``forward_func`` (tensors with a
                 leading batch dimension are repeated for each masked variant).
             baselines: Pixel mode only: replacement of the hidden pixels -- 0 (default, the
@@ -432,14 +380,7 @@ class CCI(PerturbationAttribution):
             inputs = inputs[0]
         size = self.vision.image_size if self.vision.is_vit else None
         inputs = check_images(inputs, size, "inputs")
-        if internal_batch_size is not None and (
-            isinstance(internal_batch_size, bool)
-            or not isinstance(internal_batch_size, int)
-            or internal_batch_size < 1
-        ):
-            raise ValueError(
-                f"internal_batch_size must be a positive int, got {internal_batch_size!r}"
-            )
+        check_batch_size(internal_batch_size)
         if baselines is not None and self.mask_mode == "attention":
             raise ValueError("baselines are only used with mask_mode='pixel'")
         args = _format_additional_forward_args(additional_forward_args) or ()

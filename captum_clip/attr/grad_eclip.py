@@ -18,21 +18,10 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GradientAttribution
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from captum_clip._blocks import BlockTrace
 from captum_clip._hooks import HookManager
-from captum_clip.attr._vit_blocks import (
-    BlockTrace,
-    check_targets,
-    guarded_modules,
-    known_outputs,
-    resolve_tower,
-    slice_args,
-    split_batches,
-    to_input_shape,
-    traced_scores,
-)
-from captum_clip.models import check_images
+from captum_clip.attr._base import PatchMapAttribution, traced_scores
 
 __all__ = ["GradECLIP", "grad_eclip_contributions"]
 
@@ -50,7 +39,7 @@ def grad_eclip_contributions(
     """Per-token contributions ``(B, L)`` before the ReLU.
 
     Args:
-        trace: The last block's :class:`~captum_clip.attr._vit_blocks.BlockTrace`.
+        trace: The last block's :class:`~captum_clip._blocks.BlockTrace`.
         grad_context: ``ds/d context`` ``(B, L, d)``; row 0 (class token) gives ``w``.
         n_prefix: Number of prefix tokens (class token first); patches follow.
         spatial: ``"loosened"`` (``lambda_i`` = min-max normalised ``cos(q_cls, k_i)``
@@ -77,7 +66,7 @@ def grad_eclip_contributions(
     return contrib * lam
 
 
-class GradECLIP(GradientAttribution):
+class GradECLIP(PatchMapAttribution, GradientAttribution):
     """Grad-ECLIP maps for class-token CLIP ViTs (open_clip or Hugging Face).
 
     With the last block's attention output before ``out_proj`` ``o`` (heads concatenated,
@@ -101,63 +90,28 @@ class GradECLIP(GradientAttribution):
             :func:`grad_eclip_contributions`.
     """
 
+    desc = "Grad-ECLIP"
+
     def __init__(
         self, forward_func: Callable, vision_model: Any = None, spatial: str = "loosened"
     ) -> None:
-        super().__init__(forward_func)
         if spatial not in SPATIAL:
             raise ValueError(f"spatial must be one of {SPATIAL}, got {spatial!r}")
-        self.tower = resolve_tower(forward_func, vision_model, need_cls=True)
+        super().__init__(forward_func, vision_model)
         self.spatial = spatial
 
-    def attribute(
-        self,
-        inputs: Tensor,
-        target: Any = None,
-        additional_forward_args: Any = None,
-        internal_batch_size: int | None = None,
-        show_progress: bool = False,
+    def _patch_maps(
+        self, images: Tensor, target: Tensor | None, args: tuple, hooks: HookManager
     ) -> Tensor:
-        """Grad-ECLIP maps upsampled to the inputs.
-
-        Args:
-            inputs: ``(B, 3, H, W)`` preprocessed images.
-            target: Output index (int, or one per example as a list or ``(B,)`` tensor);
-                may be omitted when forward_func has a single output.
-            additional_forward_args: Extra arguments passed to ``forward_func`` after
-                the images (tensors with B rows are split with the batch).
-            internal_batch_size: Process at most this many images per forward/backward.
-            show_progress: Show a tqdm bar over the internal batches.
-
-        Returns:
-            ``(B, 3, H, W)``: the non-negative ``(h, w)`` map upsampled bilinearly
-            (``align_corners=False``) to ``H x W`` and repeated over the 3 channels, on the
-            inputs' device and dtype.
-        """
-        inputs = check_images(inputs, self.tower.image_size, name="inputs")
-        batch = inputs.shape[0]
-        targets = check_targets(target, batch, known_outputs(self.forward_func))
+        """``ReLU(lambda_i * sum_c w_c v_ic)`` on the ``(h, w)`` grid."""
         last = self.tower.n_blocks - 1
+        scores, store = traced_scores(
+            self.forward_func, self.tower, images, args, target, [last], hooks
+        )
+        trace = store[last]
+        (grad,) = torch.autograd.grad(scores, trace.context, torch.ones_like(scores))
         n_prefix = self.tower.n_prefix
+        with torch.no_grad():
+            contrib = grad_eclip_contributions(trace, grad, n_prefix, self.spatial)
         h, w = self.tower.grid_size
-        maps = []
-        slices = split_batches(batch, internal_batch_size)
-        modules = guarded_modules(self.forward_func, self.tower)
-        for sl in tqdm(slices, desc="Grad-ECLIP", disable=not show_progress):
-            chunk_target = target if targets is None else targets[sl]
-            with HookManager(*modules) as hooks:
-                scores, store = traced_scores(
-                    self.forward_func,
-                    self.tower,
-                    inputs[sl],
-                    slice_args(additional_forward_args, sl, batch),
-                    chunk_target,
-                    [last],
-                    hooks,
-                )
-                trace = store[last]
-                (grad,) = torch.autograd.grad(scores, trace.context, torch.ones_like(scores))
-            with torch.no_grad():
-                contrib = grad_eclip_contributions(trace, grad, n_prefix, self.spatial)
-                maps.append(F.relu(contrib[:, n_prefix:]).reshape(-1, h, w).detach())
-        return to_input_shape(torch.cat(maps), inputs)
+        return F.relu(contrib[:, n_prefix:]).reshape(-1, h, w)

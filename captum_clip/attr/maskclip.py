@@ -14,26 +14,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum.attr import Attribution
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from captum_clip._hooks import preserve_model_state
-from captum_clip.attr._vit_blocks import (
-    BlockView,
-    check_targets,
-    guarded_modules,
-    project_tokens,
-    resolve_tower,
-    split_batches,
-    to_input_shape,
-)
-from captum_clip.models import check_images
+from captum_clip._hooks import HookManager
+from captum_clip.attr._base import PatchMapAttribution
 
 __all__ = ["MaskCLIP"]
 
 
-class MaskCLIP(Attribution):
+class MaskCLIP(PatchMapAttribution):
     """MaskCLIP patch-text cosine maps for CLIP ViTs (open_clip or Hugging Face).
 
     For the input ``x`` of the last block and each patch token ``i`` (class token dropped):
@@ -57,6 +46,10 @@ class MaskCLIP(Attribution):
         mlp: Keep the last block's MLP (reference MaskCLIP: True).
     """
 
+    needs_grad = False
+    calls_forward = False
+    desc = "MaskCLIP"
+
     def __init__(
         self,
         forward_func: Callable,
@@ -65,8 +58,7 @@ class MaskCLIP(Attribution):
         residual: bool = True,
         mlp: bool = True,
     ) -> None:
-        super().__init__(forward_func)
-        self.tower = resolve_tower(forward_func, vision_model, need_cls=False)
+        super().__init__(forward_func, vision_model, need_cls=False)
         emb = text_embeddings
         if emb is None:
             emb = getattr(forward_func, "text_embeddings", None)
@@ -86,65 +78,29 @@ class MaskCLIP(Attribution):
         self.residual = bool(residual)
         self.mlp = bool(mlp)
 
-    def attribute(
-        self,
-        inputs: Tensor,
-        target: Any = None,
-        additional_forward_args: Any = None,
-        internal_batch_size: int | None = None,
-        show_progress: bool = False,
+    def n_outputs(self) -> int:
+        return int(self.text_embeddings.shape[0])
+
+    def _patch_maps(
+        self, images: Tensor, target: Tensor | None, args: tuple, hooks: HookManager
     ) -> Tensor:
-        """MaskCLIP maps upsampled to the inputs.
-
-        Args:
-            inputs: ``(B, 3, H, W)`` preprocessed images.
-            target: Class/text index (int, or one per example as a list or ``(B,)``
-                tensor); may be omitted when there is a single class/text.
-            additional_forward_args: Not supported (MaskCLIP never calls forward_func);
-                must be None.
-            internal_batch_size: Process at most this many images at once.
-            show_progress: Show a tqdm bar over the internal batches.
-
-        Returns:
-            ``(B, 3, H, W)``: the ``(h, w)`` cosine map upsampled bilinearly
-            (``align_corners=False``) to ``H x W`` and repeated over the 3 channels, on the
-            inputs' device and dtype. Values are cosines in ``[-1, 1]``.
-        """
-        inputs = check_images(inputs, self.tower.image_size, name="inputs")
-        if additional_forward_args is not None:
-            raise ValueError(
-                "MaskCLIP reads the vision tower directly and never calls forward_func; "
-                "additional_forward_args must be None"
-            )
-        n = self.text_embeddings.shape[0]
-        targets = check_targets(target, inputs.shape[0], n)
-        maps = []
-        slices = split_batches(inputs.shape[0], internal_batch_size)
-        modules = guarded_modules(self.forward_func, self.tower)
-        with preserve_model_state(*modules), torch.no_grad():
-            for sl in tqdm(slices, desc="MaskCLIP", disable=not show_progress):
-                maps.append(self.patch_maps(inputs[sl], targets[sl]))
-        return to_input_shape(torch.cat(maps), inputs)
-
-    def patch_maps(self, images: Tensor, targets: Tensor) -> Tensor:
-        """Cosine maps ``(B, h, w)`` on the patch grid (no checks, no upsampling)."""
+        """Cosine maps ``(B, h, w)`` in ``[-1, 1]`` on the patch grid."""
         tower = self.tower
         images = images.to(next(tower.module.parameters()).device)
-        n_blocks = tower.n_blocks
-        x = tower.hidden_state(images, n_blocks - 1)[:, tower.n_prefix :]
-        view = BlockView(tower.blocks[-1], tower.heads)
+        x = tower.hidden_state(images, tower.n_blocks - 1)[:, tower.n_prefix :]
+        view = tower.block_view(-1)
         z = view.ls_1(view.out_proj(view.value(view.ln_1(x))))
         if self.residual:
             z = x + z
         if self.mlp:
             z = z + view.ls_2(view.mlp(view.ln_2(z)))
-        emb = F.normalize(project_tokens(tower, z).float(), dim=-1)
+        emb = F.normalize(tower.token_head(z).float(), dim=-1)
         if emb.shape[-1] != self.text_embeddings.shape[-1]:
             raise ValueError(
                 f"text_embeddings have {self.text_embeddings.shape[-1]} dimensions but the "
                 f"vision tower embeds into {emb.shape[-1]}"
             )
-        text = self.text_embeddings.to(emb.device)[targets.to(emb.device)]
+        text = self.text_embeddings.to(emb.device)[target.to(emb.device)]
         cos = (emb * text[:, None, :]).sum(-1)
         h, w = tower.grid_size
         return cos.reshape(images.shape[0], h, w)

@@ -14,20 +14,9 @@ from typing import Any
 import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from captum_clip._hooks import HookManager
-from captum_clip.attr._vit_blocks import (
-    check_targets,
-    guarded_modules,
-    known_outputs,
-    resolve_tower,
-    slice_args,
-    split_batches,
-    to_input_shape,
-    traced_scores,
-)
-from captum_clip.models import check_images
+from captum_clip.attr._base import PatchMapAttribution, traced_scores
 
 __all__ = ["GradientRollout", "rollout_relevance"]
 
@@ -47,7 +36,7 @@ def rollout_relevance(probs: list[Tensor], grads: list[Tensor]) -> Tensor:
     return r
 
 
-class GradientRollout(GradientAttribution):
+class GradientRollout(PatchMapAttribution, GradientAttribution):
     """Gradient-weighted attention rollout (Chefer et al., 2021) for class-token CLIP ViTs.
 
     For the blocks ``b = start_layer .. n_blocks-1``, with ``A_b`` the softmax attention
@@ -73,61 +62,24 @@ class GradientRollout(GradientAttribution):
             authors' CLIP notebook.
     """
 
+    desc = "rollout"
+
     def __init__(self, forward_func: Callable, vision_model: Any = None, start_layer: int = 0):
-        super().__init__(forward_func)
-        self.tower = resolve_tower(forward_func, vision_model, need_cls=True)
+        super().__init__(forward_func, vision_model)
         self.start_layer = self.tower.block_index(start_layer)
 
-    def attribute(
-        self,
-        inputs: Tensor,
-        target: Any = None,
-        additional_forward_args: Any = None,
-        internal_batch_size: int | None = None,
-        show_progress: bool = False,
+    def _patch_maps(
+        self, images: Tensor, target: Tensor | None, args: tuple, hooks: HookManager
     ) -> Tensor:
-        """Rollout maps upsampled to the inputs.
-
-        Args:
-            inputs: ``(B, 3, H, W)`` preprocessed images.
-            target: Output index (int, or one per example as a list or ``(B,)`` tensor);
-                may be omitted when forward_func has a single output.
-            additional_forward_args: Extra arguments passed to ``forward_func`` after
-                the images (tensors with B rows are split with the batch).
-            internal_batch_size: Process at most this many images per forward/backward.
-            show_progress: Show a tqdm bar over the internal batches.
-
-        Returns:
-            ``(B, 3, H, W)``: the non-negative ``(h, w)`` map ``R[cls, patches]`` upsampled
-            bilinearly (``align_corners=False``) to ``H x W`` and repeated over the 3
-            channels, on the inputs' device and dtype.
-        """
-        inputs = check_images(inputs, self.tower.image_size, name="inputs")
-        batch = inputs.shape[0]
-        targets = check_targets(target, batch, known_outputs(self.forward_func))
+        """``R[cls, patches]`` on the ``(h, w)`` grid (non-negative)."""
         indices = list(range(self.start_layer, self.tower.n_blocks))
-        n_prefix = self.tower.n_prefix
+        scores, store = traced_scores(
+            self.forward_func, self.tower, images, args, target, indices, hooks
+        )
+        probs = [store[i].probs for i in indices]
+        grads = torch.autograd.grad(scores, probs, torch.ones_like(scores), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(probs, grads)]
+        with torch.no_grad():
+            r = rollout_relevance([p.detach() for p in probs], grads)
         h, w = self.tower.grid_size
-        maps = []
-        modules = guarded_modules(self.forward_func, self.tower)
-        for sl in tqdm(split_batches(batch, internal_batch_size), disable=not show_progress):
-            chunk_target = target if targets is None else targets[sl]
-            with HookManager(*modules) as hooks:
-                scores, store = traced_scores(
-                    self.forward_func,
-                    self.tower,
-                    inputs[sl],
-                    slice_args(additional_forward_args, sl, batch),
-                    chunk_target,
-                    indices,
-                    hooks,
-                )
-                probs = [store[i].probs for i in indices]
-                grads = torch.autograd.grad(
-                    scores, probs, torch.ones_like(scores), allow_unused=True
-                )
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(probs, grads)]
-            with torch.no_grad():
-                r = rollout_relevance([p.detach() for p in probs], grads)
-                maps.append(r[:, 0, n_prefix:].reshape(-1, h, w))
-        return to_input_shape(torch.cat(maps), inputs)
+        return r[:, 0, self.tower.n_prefix :].reshape(-1, h, w)

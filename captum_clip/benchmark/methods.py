@@ -260,7 +260,7 @@ def _pgc_gradcam(clf: Any, s: MethodSettings) -> AttributeFn:
         raise ValueError("the pytorch-grad-cam peer is wired for open_clip ViTs only")
     h, w = vision.grid_size
     n_prefix = vision.n_prefix
-    batch_first = getattr(vision, "_batch_first", True)
+    batch_first = vision.batch_first
 
     def reshape(t: Tensor) -> Tensor:
         t = t if batch_first else t.transpose(0, 1)

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_clip._validate import check_batch_size, check_images, check_target
+
 # Same values as open_clip.constants (not imported: that would load open_clip at import).
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -19,17 +21,7 @@ SCORES = ("logit", "prob", "top1", "top5", "top10")
 
 def check_inputs(inputs: Any) -> Tensor:
     """Validate an image batch ``(B, C, H, W)`` of finite floats and return it."""
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor (B, C, H, W), got {type(inputs).__name__}")
-    if inputs.ndim != 4 or inputs.shape[0] == 0:
-        raise ValueError(
-            f"inputs must have shape (B, C, H, W) with B >= 1, got {tuple(inputs.shape)}"
-        )
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be a floating tensor, got dtype {inputs.dtype}")
-    if not torch.isfinite(inputs).all():
-        raise ValueError("inputs contain NaN or infinite values")
-    return inputs
+    return check_images(inputs, name="inputs", channels=None)
 
 
 def pixel_map(attributions: Any, shape: Sequence[int], name: str = "attributions") -> Tensor:
@@ -80,19 +72,10 @@ def importance_rank(unit_scores: Tensor, seed: int, descending: bool = True) -> 
 
 
 def resolve_target(target: Any, n: int, device: torch.device) -> Tensor | None:
-    """Turn ``target`` (None, int, sequence or tensor of ``n`` ints) into a long tensor ``(n,)``."""
-    if target is None:
-        return None
-    t = torch.as_tensor(target, device=device)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"target must hold integers (class indices), got dtype {t.dtype}")
-    if t.ndim == 0:
-        t = t.expand(n)
-    if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(
-            f"target must be an int or have {n} entries (one per example), got shape {tuple(t.shape)}"
-        )
-    return t.long()
+    """``target`` (see :mod:`captum_clip._validate`) as a long tensor ``(n,)`` on ``device``
+    (None stays None; the range is checked against the forward output later)."""
+    t = check_target(target, n, None)
+    return None if t is None else t.to(device)
 
 
 def select_score(out: Tensor, target: Tensor, score: str) -> Tensor:
@@ -106,11 +89,7 @@ def select_score(out: Tensor, target: Tensor, score: str) -> Tensor:
         out = out[:, None]
     if out.ndim != 2:
         raise ValueError(f"forward_func must return (n, n_outputs), got shape {tuple(out.shape)}")
-    if target.numel() and (target.min() < 0 or target.max() >= out.shape[1]):
-        raise ValueError(
-            f"target must lie in [0, {out.shape[1] - 1}] (forward output has "
-            f"{out.shape[1]} columns), got values {target.unique().tolist()[:10]}"
-        )
+    check_target(target.cpu(), len(target), out.shape[1])
     col = out.gather(1, target[:, None])[:, 0]
     if score == "logit":
         return col
@@ -166,14 +145,9 @@ def run_batched(
         Values of shape ``(B, S, ...)``.
     """
     total = n_examples * n_per_example
+    max_examples_per_batch = check_batch_size(max_examples_per_batch, "max_examples_per_batch")
     if max_examples_per_batch is None:
         max_examples_per_batch = total
-    if isinstance(max_examples_per_batch, bool) or not isinstance(max_examples_per_batch, int):
-        raise TypeError(
-            f"max_examples_per_batch must be an int or None, got {max_examples_per_batch!r}"
-        )
-    if max_examples_per_batch < 1:
-        raise ValueError(f"max_examples_per_batch must be >= 1, got {max_examples_per_batch}")
     starts = range(0, total, max_examples_per_batch)
     values = []
     with torch.no_grad():

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from captum_clip._validate import check_batch_size, check_target
 from captum_clip.testbed import shapes
 
 LABELS: tuple[str, ...] = ("foreground", "background", "both", "neither")
@@ -149,12 +150,8 @@ def causal_labels(
     size = 64 if size is None else size
     if not callable(forward_func):
         raise TypeError("forward_func must be callable")
-    if (
-        isinstance(internal_batch_size, bool)
-        or not isinstance(internal_batch_size, int)
-        or internal_batch_size < 1
-    ):
-        raise ValueError(f"internal_batch_size must be a positive int, got {internal_batch_size!r}")
+    if check_batch_size(internal_batch_size) is None:
+        raise TypeError("internal_batch_size must be a positive int, got None")
     n = int(factors["class"].shape[0])
     n_bg = len(shapes.BACKGROUND_NAMES)
     if swap_background is None:
@@ -163,8 +160,7 @@ def causal_labels(
         swap = torch.as_tensor(swap_background, dtype=torch.long).expand(n).clone()
         if ((swap < 0) | (swap >= n_bg)).any():
             raise ValueError(f"swap_background must be in [0, {n_bg}), got {swap_background!r}")
-    if target is not None:
-        target = torch.as_tensor(target, dtype=torch.long).expand(n).clone()
+    target = check_target(target, n)
     logits: dict[str, list[torch.Tensor]] = {"orig": [], "swap": [], "removed": []}
     starts = range(0, n, internal_batch_size)
     for s in tqdm(starts, disable=not show_progress, desc="causal labels"):
@@ -182,9 +178,7 @@ def causal_labels(
     out = {k: torch.cat(v) for k, v in logits.items()}
     n_cls = out["orig"].shape[1]
     pred = out["orig"].argmax(1)
-    target = pred if target is None else target
-    if ((target < 0) | (target >= n_cls)).any():
-        raise ValueError(f"target must be in [0, {n_cls}), got values {target.unique().tolist()}")
+    target = pred if target is None else check_target(target, n, n_cls)
     probs = {k: v.softmax(1).gather(1, target[:, None])[:, 0] for k, v in out.items()}
     preds = {k: v.argmax(1) for k, v in out.items()}
     base = probs["orig"].clamp_min(1e-12)

@@ -1,0 +1,271 @@
+"""The one decoder of transformer-block internals (open_clip and Hugging Face CLIP).
+
+Every method that opens a block -- Grad-ECLIP and gradient-weighted rollout (attention
+probabilities with gradients), MaskCLIP (the value path alone) and the fast route of the
+integrated interactions (one row of the last block) -- reads it through :class:`BlockView`,
+so the supported layouts are checked in exactly one place. Tower adapters hand out views
+with ``tower.block_view(i)``.
+
+open_clip blocks call ``nn.MultiheadAttention(..., need_weights=False)`` and Hugging Face
+``CLIPEncoderLayer`` does not return its attention either, so :func:`block_forward`
+recomputes the block from its own weights; it is tested equal to the block's output.
+:func:`trace_blocks` swaps it in for one forward pass (always undone by the
+:class:`~captum_clip._hooks.HookManager`) so a user's forward function runs unchanged and
+its graph contains the traced tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from captum_clip._hooks import HookManager
+
+if TYPE_CHECKING:
+    from captum_clip._towers import VisionTower
+
+__all__ = ["BlockTrace", "BlockView", "RowPath", "block_forward", "row_path", "trace_blocks"]
+
+
+@dataclass
+class BlockTrace:
+    """Intermediate tensors of one block forward (batch first).
+
+    Attributes:
+        q, k, v: ``(B, heads, L, head_dim)`` projections (after ``ln_1``, with biases).
+        probs: ``(B, heads, L, L)`` softmax attention probabilities.
+        context: ``(B, L, d)`` attention output before ``out_proj`` (heads concatenated).
+        output: ``(B, L, d)`` block output.
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    probs: Tensor
+    context: Tensor
+    output: Tensor
+
+
+@dataclass
+class RowPath:
+    """A pre-norm transformer block and the head, seen from the pooled token.
+
+    ``block(x) = r + ls2(mlp(ln2(r)))`` with ``r = x + ls1(attn(ln1(x)))`` and multi-head
+    attention with the given projections (``y = z @ w.T + b``); ``head`` maps the block's
+    pooled output row ``(d,)`` to the unnormalised embedding ``(D,)``. Consumed by
+    :func:`captum_clip.attr._interaction_paths.integrate_pooled`.
+    """
+
+    ln1: Callable[[Tensor], Tensor]
+    wq: Tensor
+    bq: Tensor
+    wk: Tensor
+    bk: Tensor
+    wv: Tensor
+    bv: Tensor
+    wo: Tensor
+    bo: Tensor
+    heads: int
+    scale: float
+    ls1: Callable[[Tensor], Tensor]
+    ln2: Callable[[Tensor], Tensor]
+    mlp: Callable[[Tensor], Tensor]
+    ls2: Callable[[Tensor], Tensor]
+    head: Callable[[Tensor], Tensor]
+
+
+def _is_hf_layer(block: nn.Module) -> bool:
+    sa = getattr(block, "self_attn", None)
+    return (
+        sa is not None
+        and all(hasattr(sa, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
+        and all(hasattr(block, n) for n in ("layer_norm1", "layer_norm2", "mlp"))
+    )
+
+
+class BlockView:
+    """Uniform access to the parts of one open_clip or Hugging Face pre-norm block.
+
+    Args:
+        block: An open_clip ``ResidualAttentionBlock`` (standard self-attention through
+            ``nn.MultiheadAttention``) or a ``transformers`` ``CLIPEncoderLayer``.
+        heads: Number of attention heads (default: read from the block).
+
+    Raises:
+        ValueError: Any other block or attention layout (separate q/k/v weights,
+            ``bias_k``/``bias_v``, ``add_zero_attn``, cross-attention).
+    """
+
+    def __init__(self, block: nn.Module, heads: int | None = None) -> None:
+        self.block = block
+        if _is_hf_layer(block):
+            a = block.self_attn
+            self.kind = "hf"
+            self.ln_1, self.ln_2, self.mlp = block.layer_norm1, block.layer_norm2, block.mlp
+            self.ls_1 = self.ls_2 = nn.Identity()
+            self.heads = int(a.num_heads if heads is None else heads)
+            self.scale = float(a.scale)
+            self._q, self._k, self._v, self._out = a.q_proj, a.k_proj, a.v_proj, a.out_proj
+            return
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, nn.MultiheadAttention):
+            raise ValueError(
+                "expected an open_clip ResidualAttentionBlock with nn.MultiheadAttention or a "
+                f"transformers CLIPEncoderLayer, got {type(block).__name__} with attention "
+                f"{type(attn).__name__}"
+            )
+        if (
+            not attn._qkv_same_embed_dim
+            or attn.bias_k is not None
+            or attn.add_zero_attn
+            or hasattr(block, "ln_1_kv")
+            or not all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"))
+        ):
+            raise ValueError(
+                "unsupported attention layout (separate q/k/v weights, bias_k/bias_v, "
+                "add_zero_attn or cross-attention); only standard CLIP self-attention is supported"
+            )
+        self.kind = "open_clip"
+        self.ln_1, self.ln_2, self.mlp = block.ln_1, block.ln_2, block.mlp
+        self.ls_1, self.ls_2 = block.ls_1, block.ls_2
+        self.heads = int(attn.num_heads if heads is None else heads)
+        self.scale = (attn.embed_dim // self.heads) ** -0.5
+        self._attn = attn
+
+    def projections(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(wq, bq, wk, bk, wv, bv)`` of ``y = z @ w.T + b`` (zero biases when absent)."""
+        if self.kind == "hf":
+            out = []
+            for lin in (self._q, self._k, self._v):
+                bias = lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                out += [lin.weight, bias]
+            return tuple(out)
+        a = self._attn
+        w = a.in_proj_weight
+        b = a.in_proj_bias if a.in_proj_bias is not None else w.new_zeros(w.shape[0])
+        wq, wk, wv = w.chunk(3)
+        bq, bk, bv = b.chunk(3)
+        return wq, bq, wk, bk, wv, bv
+
+    @property
+    def out_linear(self) -> nn.Linear:
+        """The attention output projection (``out_proj``)."""
+        return self._out if self.kind == "hf" else self._attn.out_proj
+
+    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(q, k, v)``, each ``(B, L, d)``, of the normalised hidden states ``h``."""
+        if self.kind == "hf":
+            return self._q(h), self._k(h), self._v(h)
+        a = self._attn
+        return F.linear(h, a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1)
+
+    def value(self, h: Tensor) -> Tensor:
+        """Value projection ``W_v h + b_v`` ``(B, L, d)`` alone."""
+        if self.kind == "hf":
+            return self._v(h)
+        a = self._attn
+        d = h.shape[-1]
+        bias = None if a.in_proj_bias is None else a.in_proj_bias[2 * d :]
+        return F.linear(h, a.in_proj_weight[2 * d :], bias)
+
+    def out_proj(self, context: Tensor) -> Tensor:
+        """Attention output projection of the concatenated heads."""
+        return self.out_linear(context)
+
+    def additive_mask(self, mask: Tensor | None, batch: int, length: int) -> Tensor | None:
+        """The block's attention mask as an additive ``(B or 1, heads or 1, L, L)`` tensor."""
+        if mask is None:
+            return None
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill(mask, float("-inf"))
+        if mask.ndim == 2:
+            return mask[None, None]
+        if mask.ndim == 3:  # nn.MultiheadAttention: (B*heads, L, L)
+            return mask.reshape(batch, self.heads, length, length)
+        return mask  # HF: (B, 1, L, L)
+
+    def row_path(self, head: Callable[[Tensor], Tensor]) -> RowPath:
+        """This block plus ``head`` as the :class:`RowPath` of the interactions' fast route."""
+        wq, bq, wk, bk, wv, bv = self.projections()
+        out = self.out_linear
+        bo = out.bias if out.bias is not None else out.weight.new_zeros(out.out_features)
+        return RowPath(
+            self.ln_1, wq, bq, wk, bk, wv, bv, out.weight, bo, self.heads, self.scale,
+            self.ls_1, self.ln_2, self.mlp, self.ls_2, head,
+        )  # fmt: skip
+
+
+def row_path(block: nn.Module, head: Callable[[Tensor], Tensor]) -> RowPath | None:
+    """:meth:`BlockView.row_path` of ``block``, or None for an unsupported block layout."""
+    try:
+        view = BlockView(block)
+    except ValueError:
+        return None
+    return view.row_path(head)
+
+
+def block_forward(view: BlockView, x: Tensor, attn_mask: Tensor | None = None) -> BlockTrace:
+    """The block's forward on batch-first ``x`` ``(B, L, d)``, keeping every intermediate.
+
+    Reproduces ``ResidualAttentionBlock.forward`` (open_clip) and ``CLIPEncoderLayer``
+    (Hugging Face) in eval mode (no attention dropout):
+    ``x + ls_1(out_proj(softmax(q k^T * scale + mask) v))`` then ``+ ls_2(mlp(ln_2(.)))``.
+    """
+    b, length, d = x.shape
+    hd = d // view.heads
+    q, k, v = (t.reshape(b, length, view.heads, hd).transpose(1, 2) for t in view.qkv(view.ln_1(x)))
+    logits = (q @ k.transpose(-1, -2)) * view.scale
+    mask = view.additive_mask(attn_mask, b, length)
+    if mask is not None:
+        logits = logits + mask.to(logits.dtype)
+    probs = logits.softmax(dim=-1)
+    context = (probs @ v).transpose(1, 2).reshape(b, length, d)
+    out = x + view.ls_1(view.out_proj(context))
+    out = out + view.ls_2(view.mlp(view.ln_2(out)))
+    return BlockTrace(q, k, v, probs, context, out)
+
+
+def _replacement(view: BlockView, batch_first: bool, store: dict, index: int) -> Callable:
+    def run(x: Tensor, mask: Tensor | None) -> Tensor:
+        if torch.is_grad_enabled() and not x.requires_grad:
+            x = x.detach().requires_grad_(True)  # keep a graph even for frozen models
+        trace = block_forward(view, x, mask)
+        store[index] = trace
+        return trace.output
+
+    if view.kind == "hf":
+
+        def forward_hf(hidden_states: Tensor, attention_mask: Tensor | None = None, *a, **kw):
+            return run(hidden_states, attention_mask)
+
+        return forward_hf
+
+    def forward(q_x: Tensor, k_x=None, v_x=None, attn_mask: Tensor | None = None) -> Tensor:
+        if k_x is not None or v_x is not None:
+            raise ValueError("cross-attention blocks are not supported")
+        if batch_first:
+            return run(q_x, attn_mask)
+        return run(q_x.transpose(0, 1), attn_mask).transpose(0, 1)
+
+    return forward
+
+
+def trace_blocks(
+    tower: VisionTower, indices: list[int], hooks: HookManager
+) -> dict[int, BlockTrace]:
+    """Run the blocks ``indices`` through :func:`block_forward` until ``hooks`` exits.
+
+    Returns a dict that the next forward pass fills with a :class:`BlockTrace` per traced
+    block. The blocks' ``forward`` is patched through ``hooks`` (restored on its exit).
+    """
+    store: dict[int, BlockTrace] = {}
+    blocks = tower.blocks
+    for i in indices:
+        view = tower.block_view(i)
+        hooks.patch_attr(blocks[i], "forward", _replacement(view, tower.batch_first, store, i))
+    return store

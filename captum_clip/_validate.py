@@ -1,0 +1,123 @@
+"""One validator, and one wording, per argument shared across the package.
+
+``images`` (:func:`check_images`), ``target`` (:func:`check_target`) and
+``internal_batch_size`` (:func:`check_batch_size`) are checked here and nowhere else.
+
+The ``target`` argument (documented once, here; every ``attribute`` refers to it):
+    The output index whose score is explained: an ``int`` (the same for every example), a
+    sequence of ``B`` ints or an integer tensor (a scalar or ``(B,)``), one per example.
+    It may be omitted (None) only when ``forward_func`` returns one score per example.
+    Each index must lie in ``[0, n_outputs - 1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_batch_size", "check_images", "check_target"]
+
+
+def check_images(
+    images: Any,
+    image_size: tuple[int, int] | None = None,
+    name: str = "images",
+    channels: int | None = 3,
+) -> Tensor:
+    """Validate a non-empty ``(B, C, H, W)`` floating tensor without NaN/inf and return it.
+
+    Args:
+        images: The tensor to check.
+        image_size: ``(H, W)`` the model expects (None: any).
+        name: Argument name used in the messages.
+        channels: Required ``C`` (None: any).
+    """
+    c = "C" if channels is None else str(channels)
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (B, {c}, H, W), got {type(images).__name__}"
+        )
+    if images.ndim != 4 or (channels is not None and images.shape[1] != channels):
+        raise ValueError(f"{name} must have shape (B, {c}, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating tensor (preprocessed, normalised), got {images.dtype}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if image_size is not None and tuple(images.shape[-2:]) != tuple(image_size):
+        raise ValueError(
+            f"{name} must be {image_size[0]}x{image_size[1]} for this model, got "
+            f"{images.shape[-2]}x{images.shape[-1]} (use the model's preprocess)"
+        )
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return images
+
+
+def check_target(
+    target: Any,
+    batch: int,
+    n_outputs: int | None = None,
+    *,
+    name: str = "target",
+    required: bool = True,
+) -> Tensor | None:
+    """Per-example indices ``(B,)`` (long, CPU) from ``target`` (see module docstring).
+
+    Args:
+        target: None, an int, a sequence of ints or an integer tensor.
+        batch: Number of examples ``B``.
+        n_outputs: Outputs per example, for the range check (None: not checked).
+        name: Argument name used in the messages.
+        required: With ``target=None``: raise when ``n_outputs > 1`` (True) or return None.
+
+    Returns:
+        ``(B,)`` indices; None for ``target=None`` (zeros when ``n_outputs == 1``).
+    """
+    if target is None:
+        if n_outputs is None or not required:
+            return None
+        if n_outputs == 1:
+            return torch.zeros(batch, dtype=torch.long)
+        raise ValueError(
+            f"{name} is required: forward_func has {n_outputs} outputs per example "
+            "(pass a class/text index, or one per example)"
+        )
+    expected = f"{name} must be an int, a sequence of ints or an integer tensor"
+    if isinstance(target, (bool, float, str, bytes)):
+        raise TypeError(f"{expected}, got {target!r}")
+    if isinstance(target, (list, tuple)) and any(
+        isinstance(i, bool) or not isinstance(i, (int, Tensor)) for i in target
+    ):
+        raise TypeError(f"{expected}, got {target!r}")
+    try:
+        t = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{expected}, got {type(target).__name__}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim > 1:
+        raise TypeError(f"{expected}, got {t.dtype} of shape {tuple(t.shape)}")
+    t = t.detach().cpu().long().reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"{name} must have one entry per example ({batch}), got {t.numel()}")
+    if n_outputs is not None and ((t < 0).any() or (t >= n_outputs).any()):
+        got = t.unique().tolist()[:10] if batch > 1 else int(t[0])
+        raise ValueError(
+            f"{name} must be in [0, {n_outputs - 1}] for {n_outputs} outputs, got {got}"
+        )
+    return t.clone()
+
+
+def check_batch_size(value: Any, name: str = "internal_batch_size") -> int | None:
+    """A positive int (or None), else ``TypeError`` / ``ValueError`` naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return value

@@ -145,11 +145,10 @@ class CounterAnimals(Dataset):
         return [self.label(i) for i in range(len(self))]
 
     def __getitem__(self, i: int) -> tuple[Any, int, str]:
-        from PIL import Image
+        from captum_clip._images import read_image
 
         s = self.samples[i]
-        with Image.open(s.path) as im:
-            image = im.convert("RGB")
+        image = read_image(s.path)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.label(i), s.group

@@ -111,3 +111,84 @@ def test_testbed_variant_must_be_a_known_name(variant):
     with pytest.raises(ValueError, match="unknown testbed variant"):
         zoo.weights_path(variant)
     assert "default" in zoo.list_variants() and os.sep not in "".join(zoo.list_variants())
+
+
+# ---- item 9: a wrong-size mask blames the mask ---------------------------------------------
+
+
+@pytest.mark.parametrize("fn", ["pointing_game", "mask_share", "mask_iou"])
+@pytest.mark.parametrize(
+    "attr_shape, mask_shape",
+    [((2, 3, 8, 8), (2, 4, 4)), ((2, 1, 8, 8), (2, 1, 8, 6)), ((2, 8, 8), (3, 8, 8)),
+     ((2, 3, 8, 8), (2, 3, 8, 8))],
+)  # fmt: skip
+def test_wrong_mask_size_blames_the_mask(fn, attr_shape, mask_shape):
+    from captum_clip import metrics
+
+    attributions = torch.rand(attr_shape)
+    masks = torch.ones(mask_shape, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"^masks must have shape \(2, 8, 8\) or \(2, 1, 8, 8\)"):
+        getattr(metrics, fn)(attributions, masks)
+    good = torch.zeros(2, 8, 8, dtype=torch.bool)
+    good[:, 2:5, 2:5] = True  # the same attributions with a fitting mask work
+    assert getattr(metrics, fn)(attributions, good).shape == (2,)
+    with pytest.raises(ValueError, match=r"^attributions must have shape"):
+        getattr(metrics, fn)(torch.rand(2, 8), good)
+
+
+# ---- item 6: unreadable images are one error line naming the file --------------------------
+
+
+def _bad_images(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "dots"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(folder / "a_good.png")
+    (folder / "b_text.png").write_text("this is not an image")
+    data = (folder / "a_good.png").read_bytes()
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(data[: len(data) // 2])
+    return folder, folder / "b_text.png", trunc
+
+
+def test_read_image(tmp_path):
+    from PIL import Image
+
+    from captum_clip._images import read_image
+
+    folder, text, trunc = _bad_images(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot read image '.*b_text.png': not an image format"):
+        read_image(text)
+    with pytest.raises(ValueError, match=r"cannot read image '.*trunc.png': .*truncated"):
+        read_image(trunc)
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        read_image(tmp_path / "nope.png")
+    Image.new("RGBA", (4, 4), (1, 2, 3, 0)).save(tmp_path / "alpha.png")
+    assert read_image(tmp_path / "alpha.png", None).mode == "RGBA"
+    rgb = read_image(tmp_path / "alpha.png")
+    assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["explain", "{bad}", "--labels", "dots,checks", "--out", "{tmp}/f.png"],
+        ["interactions", "{bad}", "a photo of dots", "--out", "{tmp}/f.png", "--n-steps", "2"],
+        ["faithfulness", "folder", "{folder}", "--model", "testbed", "--classes", "dots",
+         "--methods", "Saliency", "--out", "{tmp}/r.md"],
+        ["diagnose", "folder", "{folder}", "--model", "testbed", "--masks", "{folder}"],
+    ],
+)  # fmt: skip
+def test_cli_unreadable_image_is_one_error_line(tmp_path, argv, capsys):
+    from captum_clip.cli import main as cli_main
+
+    folder, text, trunc = _bad_images(tmp_path)
+    root = folder.parent
+    for bad in (text, trunc) if argv[0] in ("explain", "interactions") else (text,):
+        args = [a.format(bad=bad, tmp=tmp_path, folder=root) for a in argv]
+        code = cli_main(args)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.count("\n") == 1 and ": error: cannot read image" in err, err
+        assert str(bad) in err and "Traceback" not in err

@@ -69,7 +69,7 @@ def test_mask_iou_hand_values():
         (pointing_game, dict(tolerance=-1), "tolerance"),
         (mask_iou, dict(q=0), "q must be"),
         (mask_share, dict(masks=torch.full((1, 4, 4), 0.5)), "only 0 and 1"),
-        (mask_share, dict(masks=torch.ones(1, 5, 4)), "attributions must have shape"),
+        (mask_share, dict(masks=torch.ones(1, 5, 4)), r"masks must have shape \(1, 4, 4\)"),
         (mask_share, dict(attributions=torch.full((1, 4, 4), float("nan"))), "NaN"),
     ],
 )

@@ -128,8 +128,7 @@ def load_folder(
         ``(images (B, 3, H, W), labels (B,) or None, masks (B, H, W) or None, class_names,
         paths)``.
     """
-    from PIL import Image
-
+    from captum_clip._images import read_image
     from captum_clip.masks import preprocess_mask
 
     root = Path(images_dir)
@@ -153,8 +152,7 @@ def load_folder(
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}")
     images, masks = [], []
     for path, _ in entries:
-        with Image.open(path) as im:
-            images.append(preprocess(im.convert("RGB")))
+        images.append(preprocess(read_image(path)))
         if masks_dir is not None:
             rel = path.relative_to(root)
             candidates = [
@@ -164,8 +162,7 @@ def load_folder(
             ]
             if not candidates:
                 raise ValueError(f"no mask for {path} in {Path(masks_dir) / rel.parent}")
-            with Image.open(candidates[0]) as m:
-                masks.append(preprocess_mask(m, preprocess))
+            masks.append(preprocess_mask(read_image(candidates[0], None), preprocess))
     labels = None if entries[0][1] is None else torch.tensor([lab for _, lab in entries])
     return (
         torch.stack(images),

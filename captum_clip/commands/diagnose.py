@@ -155,8 +155,7 @@ def _files(folder: Path) -> dict[str, Path]:
 
 def run_folder(args: argparse.Namespace) -> int:
     """Diagnoses an image folder with masks from files or from SAM."""
-    from PIL import Image
-
+    from captum_clip._images import read_image
     from captum_clip.diagnosis import diagnose
     from captum_clip.masks import GroundedSamMasker, SamMasker, preprocess_mask
 
@@ -175,13 +174,11 @@ def run_folder(args: argparse.Namespace) -> int:
     for name in subdirs:
         mask_files = _files(Path(args.masks) / name) if args.masks else {}
         for stem, path in _files(root / name).items():
-            with Image.open(path) as im:
-                images.append(entry.preprocess(im.convert("RGB")))
+            images.append(entry.preprocess(read_image(path)))
             if args.masks:
                 if stem not in mask_files:
                     raise ValueError(f"no mask for {path} in {Path(args.masks) / name}")
-                with Image.open(mask_files[stem]) as m:
-                    masks.append(preprocess_mask(m, entry.preprocess))
+                masks.append(preprocess_mask(read_image(mask_files[stem], None), entry.preprocess))
             labels.append(classes.index(name))
             paths.append(str(path))
     if not images:

@@ -39,8 +39,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from matplotlib.figure import Figure
-    from PIL import Image
 
+    from captum_clip._images import read_image
     from captum_clip.attr.cci import CCI
     from captum_clip.attr.gradcam import vit_gradcam
     from captum_clip.models import ClipClassifier, load_clip
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model, preprocess, tokenizer = loaded
     template = args.template or ("a photo of {}" if args.model == "testbed" else "a photo of a {}.")
     clf = ClipClassifier(model, tokenizer, labels, templates=[template])
-    x = preprocess(Image.open(path).convert("RGB"))
+    x = preprocess(read_image(path))
     x = x[None] if x.ndim == 3 else x
     with torch.no_grad():
         probs = clf(x).softmax(1)[0]

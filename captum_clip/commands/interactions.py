@@ -49,8 +49,7 @@ def _load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Compute the interactions of one image-caption pair and save the figure."""
-    from PIL import Image
-
+    from captum_clip._images import read_image
     from captum_clip.attr.interactions import IntegratedInteractions
     from captum_clip.viz.interactions import plot_interactions
 
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n_steps < 1:
         raise ValueError(f"--n-steps must be >= 1, got {args.n_steps}")
     model, preprocess, tokenizer = _load(args)
-    picture = Image.open(args.image).convert("RGB")
+    picture = read_image(args.image)
     images = preprocess(picture)[None].to(args.device)
     ii = IntegratedInteractions(model, tokenizer)
     result = ii.explain(

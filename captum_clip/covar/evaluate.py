@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
+from captum_clip._images import read_image
 from captum_clip._resumable import ResumableTable, TableSchema
 from captum_clip._tables import table_path, write_table
 from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
@@ -114,10 +114,8 @@ def _load_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     images, masks = [], []
     for ipath, mpath in rows[["image_path", "mask_path"]].itertuples(index=False):
-        with Image.open(root / ipath) as im:
-            images.append(preprocess(im.convert("RGB")))
-        with Image.open(root / mpath) as mk:
-            masks.append(torch.from_numpy(np.asarray(mk.convert("L")) > 127))
+        images.append(preprocess(read_image(root / ipath)))
+        masks.append(torch.from_numpy(np.asarray(read_image(root / mpath, "L")) > 127))
     x = torch.stack(images)
     m = torch.stack(masks)
     if tuple(m.shape[-2:]) != tuple(x.shape[-2:]):  # square composites: plain resize

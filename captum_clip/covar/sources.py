@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from captum_clip._images import read_image
 
 __all__ = [
     "Background",
@@ -182,9 +183,9 @@ def folder_instances(root: str | os.PathLike) -> list[Instance]:
             if path.name.endswith(".mask.png"):
                 continue
             mask_path = path.with_name(path.stem + ".mask.png")
-            pil = Image.open(path)
+            pil = read_image(path, None)
             if mask_path.is_file():
-                mask = np.asarray(Image.open(mask_path).convert("L")) > 0
+                mask = np.asarray(read_image(mask_path, "L")) > 0
             elif pil.mode in ("RGBA", "LA", "PA"):
                 mask = np.asarray(pil.convert("RGBA"))[..., 3] > 0
             else:
@@ -204,7 +205,7 @@ def folder_backgrounds(root: str | os.PathLike) -> list[Background]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"backgrounds folder not found: {str(root)!r}")
-    out = [Background(p.stem, np.asarray(Image.open(p).convert("RGB"))) for p in _images_in(root)]
+    out = [Background(p.stem, np.asarray(read_image(p))) for p in _images_in(root)]
     if not out:
         raise ValueError(f"no background images in {str(root)!r}")
     return out

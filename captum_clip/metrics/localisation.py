@@ -21,13 +21,20 @@ def _masks(masks: Any, attributions: Any, *, allow_empty: bool) -> tuple[Tensor,
         raise TypeError(f"attributions must be a torch.Tensor, got {type(attributions).__name__}")
     if not isinstance(masks, Tensor):
         raise TypeError(f"masks must be a torch.Tensor (B, H, W), got {type(masks).__name__}")
-    m = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
-    if m.ndim != 3:
+    if attributions.ndim not in (3, 4):
         raise ValueError(
-            f"masks must have shape (B, H, W) or (B, 1, H, W), got {tuple(masks.shape)}"
+            "attributions must have shape (B, C, H, W), (B, 1, H, W) or (B, H, W), got "
+            f"{tuple(attributions.shape)}"
         )
-    b, h, w = m.shape
+    b, h, w = attributions.shape[0], *attributions.shape[-2:]
     a = pixel_map(attributions, (b, None, h, w))
+    # the attributions set the grid; a mask that does not fit it is the mask's fault
+    m = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
+    if tuple(m.shape) != (b, h, w):
+        raise ValueError(
+            f"masks must have shape ({b}, {h}, {w}) or ({b}, 1, {h}, {w}) (the attributions' "
+            f"batch and pixel grid), got {tuple(masks.shape)}"
+        )
     if m.dtype != torch.bool:
         if m.is_complex() or not ((m == 0) | (m == 1)).all():
             raise ValueError("masks must be boolean or contain only 0 and 1")

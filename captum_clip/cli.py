@@ -40,12 +40,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
+        parser.print_usage(sys.stderr)
+        print("captum-clip: error: name a COMMAND (captum-clip --help lists them)", file=sys.stderr)
+        return 2
+    return run_command(args, f"captum-clip {command_path(args)}")
+
+
+def command_path(args: argparse.Namespace) -> str:
+    """``"faithfulness testbed"``-style name of the parsed (sub)command."""
+    parts = [args.command] + [
+        str(v) for k, v in sorted(vars(args).items()) if k.endswith("_command") and v
+    ]
+    return " ".join(p for p in parts if p)
+
+
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """Runs ``args.func``; bad input becomes one ``PROG: error: ...`` line and exit code 2."""
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"captum-clip {args.command}: error: {err}", file=sys.stderr)
+        message = err.cli_message() if hasattr(err, "cli_message") else str(err)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -56,6 +56,8 @@ class LoadedClip:
     tokenizer: Callable
     name: str
     pretrained: str | None = None
+    random_weights: bool = False
+    """True for an open_clip architecture loaded without a pretrained tag or checkpoint."""
 
     def __iter__(self):
         return iter((self.model, self.preprocess, self.tokenizer))
@@ -285,19 +287,34 @@ def load_clip(
     Args:
         name: An open_clip architecture (``"ViT-B-32"``, ``"RN50"``, see
             ``open_clip.list_models()``), ``"testbed"`` for the bundled shapes-testbed
-            models, or ``"hf:<folder or hub id>"`` for a Hugging Face ``CLIPModel``.
+            models, ``"hf:<folder or hub id>"`` for a Hugging Face ``CLIPModel``, or a
+            whole model spec such as ``"ViT-B-32:openai"``, ``"ViT-B-32:/path/ckpt.pt"`` or
+            ``"testbed:shortcut"`` (grammar: :mod:`captum_clip.model_spec`).
         pretrained: An open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``...).
             Downloads weights on first use (needs internet); ``None`` = random init.
         checkpoint: A local checkpoint file (``.pt``/``.bin``/``.safetensors`` state dict)
-            for the architecture ``name``; nothing is downloaded.
+            for the architecture ``name`` (or a testbed variant); nothing is downloaded.
         device: Where to put the model.
         variant: Testbed zoo variant (``name="testbed"`` only), e.g. ``"shortcut"``.
 
     Returns:
         :class:`LoadedClip` (unpacks as ``model, preprocess, tokenizer``), model in eval mode.
+        ``random_weights`` is True when an open_clip architecture got neither a tag nor a
+        checkpoint.
+
+    Raises:
+        ModelLoadError: Unknown name/tag, mismatching checkpoint, or pretrained weights that
+            cannot be fetched (:class:`~captum_clip.model_spec.PretrainedUnavailableError`;
+            offline this fails in seconds, without retries).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
+    if (":" in name and not name.startswith("hf:")) or (name == "testbed" and checkpoint):
+        from captum_clip.model_spec import parse_model_spec
+
+        if ":" in name and variant is not None:
+            raise ValueError(f"spec {name!r} already names the variant; drop variant=")
+        return parse_model_spec(name, pretrained, checkpoint).load(device)
     if name == "testbed":
         from captum_clip.testbed.zoo import load_testbed
 
@@ -338,19 +355,16 @@ def load_clip(
                 raise ModelLoadError(
                     f"unknown pretrained tag {pretrained!r} for {name!r}; known tags: {tags}"
                 )
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained
-            )
-        except Exception as err:  # download failures come in many types
-            raise ModelLoadError(
-                f"could not load open_clip {name!r} with pretrained={pretrained!r}: {err}. "
-                "Pretrained weights download on first use and need internet access; offline, "
-                "download the file elsewhere and pass checkpoint='path/to/file', or use "
-                "pretrained=None for random weights."
-            ) from err
+        if pretrained is None:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        else:
+            from captum_clip.model_spec import create_pretrained
+
+            model, preprocess = create_pretrained(name, pretrained)
     model = model.to(device).eval()
-    return LoadedClip(model, preprocess, open_clip.get_tokenizer(name), name, pretrained)
+    random = pretrained is None and checkpoint is None
+    tokenizer = open_clip.get_tokenizer(name)
+    return LoadedClip(model, preprocess, tokenizer, name, pretrained, random_weights=random)
 
 
 def _load_hf(path: str, device: str | torch.device) -> LoadedClip:

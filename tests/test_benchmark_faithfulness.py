@@ -273,5 +273,6 @@ def test_cli_folder_end_to_end(tmp_path):
     )  # fmt: skip
     assert rc == 0
     text = out.read_text()
-    assert "testbed:default (2 images)" in text and "| **CCI** |" in text
+    assert "testbed:default (2 images)" in text and "| CCI |" in text
+    assert "**CCI**" not in text  # only best values are bold, never a method name
     assert (tmp_path / "res_testbed-default.png").is_file()

@@ -15,8 +15,8 @@ def test_version_and_help(capsys):
     except SystemExit as exc:
         assert exc.code == 0
     assert __version__ in capsys.readouterr().out
-    assert main([]) == 0
-    assert "captum-clip" in capsys.readouterr().out
+    assert main([]) == 2
+    assert "usage: captum-clip" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs():

@@ -78,7 +78,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     _run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
          "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-         "-m", "captum_clip.covar", *args, "--out", str(tmp_path / "two")],
+         "-m", "captum_clip", "covar", *args, "--out", str(tmp_path / "two")],
         tmp_path,
     )  # fmt: skip
     for stem in ("results", "summary"):

@@ -281,6 +281,15 @@ def test_result_views():
         res.image_map("dog")
     with pytest.raises(ValueError, match="patches"):
         res.token_scores(torch.ones(5, 5))
+    padded = InteractionResult(
+        torch.cat([a, torch.zeros(1, 3, 7)], 1), [res.tokens[0] + ["", "", ""]], (2, 3),
+        torch.ones(1), torch.zeros(1), torch.zeros(1, 3),
+    )  # fmt: skip
+    assert padded.token_scores().shape == (4,)  # up to end-of-text, no zero padding
+    torch.testing.assert_close(padded.token_scores(region), res.token_scores(region))
+    torch.testing.assert_close(
+        padded.token_scores(include_cls=True), a[0].sum(-1)
+    )  # CLS column + every patch = the row sums
 
 
 # ---------------------------------------------------------------- bad input and cleanup

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import open_clip
 import pytest
 import torch
-from conftest import make_tiny_vit, tiny_tokenizer
+from conftest import TINY_VIT, make_tiny_vit
 
 from captum_clip.attr import InteractionResult
 from captum_clip.viz.interactions import caption_positions, plot_interactions
@@ -71,18 +74,13 @@ def test_cli_writes_figure(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     from captum_clip.cli import main
-    from captum_clip.commands import interactions as command
-    from captum_clip.models import LoadedClip
 
-    def preprocess(picture):
-        x = torch.from_numpy(np.asarray(picture.resize((32, 32)), dtype=np.float32) / 255)
-        return (x.permute(2, 0, 1) - 0.5) / 0.25
-
-    def fake_load(name, pretrained=None, checkpoint=None, device="cpu"):
-        assert name == "tiny"
-        return LoadedClip(make_tiny_vit(), preprocess, tiny_tokenizer(), name)
-
-    monkeypatch.setattr(command, "load_clip", fake_load)
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    (cfg_dir / "tiny-cli-vit.json").write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(cfg_dir)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(make_tiny_vit().state_dict(), ckpt)
     picture = tmp_path / "pic.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
         picture
@@ -96,7 +94,7 @@ def test_cli_writes_figure(tmp_path, monkeypatch, capsys):
             "--out",
             str(out),
             "--model",
-            "tiny",
+            f"tiny-cli-vit:{ckpt}",
             "--n-steps",
             "4",
         ]
@@ -105,7 +103,7 @@ def test_cli_writes_figure(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "delta" in printed and "circle" in printed
     missing = main(
-        ["interactions", str(tmp_path / "nope.png"), "x", "--out", str(out), "--model", "tiny"]
+        ["interactions", str(tmp_path / "nope.png"), "x", "--out", str(out), "--model", "testbed"]
     )
     assert missing == 2
     assert "not found" in capsys.readouterr().err

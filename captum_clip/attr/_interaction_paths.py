@@ -20,6 +20,7 @@ Three exact routes:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -29,6 +30,15 @@ from torch.func import jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from captum_clip._blocks import RowPath
+
+with warnings.catch_warnings():
+    # torch.func.jvp imports this module on first use, and importing it calls the deprecated
+    # torch.jit.script: a FutureWarning on every run that users cannot act on. Import it here
+    # with exactly that warning silenced (scoped; every other warning still shows).
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 __all__ = [
     "RowPath",

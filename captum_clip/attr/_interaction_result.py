@@ -96,7 +96,10 @@ class InteractionResult:
     def token_scores(
         self, region: Tensor | None = None, pair: int = 0, include_cls: bool = False
     ) -> Tensor:
-        """Per-token sums ``(S,)`` of the columns inside ``region``.
+        """Per-token sums ``(n,)`` of the columns inside ``region``, for the caption's tokens.
+
+        ``n`` counts the tokens up to and including end-of-text (``tokens[pair][:n]``); the
+        padding positions after it, whose interactions are zero, are left out.
 
         Args:
             region: Bool/float mask on the patch grid ``(h, w)`` or in pixels ``(H, W)``
@@ -122,4 +125,6 @@ class InteractionResult:
                 r = F.adaptive_avg_pool2d(r[None, None], (h, w))[0, 0]
             weight = r.reshape(-1)
         out = a[:, self.n_prefix :] @ weight
-        return out + a[:, : self.n_prefix].sum(-1) if include_cls else out
+        out = out + a[:, : self.n_prefix].sum(-1) if include_cls else out
+        n = 1 + max((i for i, t in enumerate(self.tokens[pair]) if t), default=len(out) - 1)
+        return out[:n]

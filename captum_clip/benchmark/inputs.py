@@ -202,7 +202,8 @@ def run_folder(
         methods, method_settings, metric_settings, chunk_size, device, show_progress: See
             :func:`~captum_clip.benchmark.faithfulness.evaluate`.
     """
-    from captum_clip.covar._models import DEFAULT_TEMPLATES, TESTBED_TEMPLATES, resolve_model
+    from captum_clip.covar._models import resolve_model
+    from captum_clip.model_spec import default_templates
     from captum_clip.models import ClipClassifier
 
     if target not in ("pred", "label"):
@@ -211,9 +212,8 @@ def run_folder(
     x, labels, masks, names, _ = load_folder(
         images_dir, entry.preprocess, masks_dir, class_names, max_images
     )
-    default = TESTBED_TEMPLATES if model.startswith("testbed") else DEFAULT_TEMPLATES
     clf = ClipClassifier(
-        entry.model, entry.tokenizer, names, templates=templates or entry.templates or default
+        entry.model, entry.tokenizer, names, templates=templates or default_templates(model)
     )
     if target == "label" and labels is None:
         raise ValueError("target='label' needs one sub-folder per class")

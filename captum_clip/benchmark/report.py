@@ -70,13 +70,13 @@ def _versus_table(results, summaries, methods, column: str, title: str) -> list[
         f"## Deletion AUC (probability, lower is better): CCI vs every method -- {title}",
         "",
         "Mean over images; in brackets the share of images on which CCI's AUC is lower "
-        "than the method's (ties count half). Best per model in bold.",
+        "than the method's (ties count half). Only the best value per model is bold.",
         "",
     ]
     rows = []
     cmps = [cci_comparison(r, column) for r in results]
     for m in methods:
-        cells = [f"**{m}**" if m == REFERENCE else m]
+        cells = [m]
         for s, cmp in zip(summaries, cmps):
             if m not in s.index:
                 cells.append("–")
@@ -105,7 +105,7 @@ def _model_section(r: FaithfulnessResult, plots: dict[str, str]) -> list[str]:
             best[c] = s[c].min() if low else s[c].max()
     rows = []
     for m, row in s.iterrows():
-        cells = [f"**{m}**" if m == REFERENCE else m]
+        cells = [m]
         for c, _, _ in COLUMNS:
             if c in s.columns:
                 txt = _fmt(row[c])

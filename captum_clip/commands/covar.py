@@ -1,11 +1,12 @@
-"""``captum-clip covar build|eval`` (also ``python -m captum_clip.covar build|eval`` and
-``torchrun --nproc_per_node=N -m captum_clip.covar eval ...``)."""
+"""``captum-clip covar build|eval`` (also ``python -m captum_clip covar build|eval`` and
+``torchrun --nproc_per_node=N -m captum_clip covar eval ...``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+
+from captum_clip.commands import _common
 
 BUILD_EPILOG = """\
 sources:
@@ -16,14 +17,19 @@ sources:
 
 
 def _add_build(sub) -> None:
-    p = sub.add_parser(
+    p = _common.add_parser(
+        sub,
         "build",
         help="composites of foregrounds on backgrounds under 1 + 11 transforms, exact masks",
         epilog=BUILD_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder (resumes if it exists)")
-    p.add_argument("--source", choices=("testbed", "folders"), default="testbed")
+    p.add_argument(
+        "--source",
+        choices=("testbed", "folders"),
+        default="testbed",
+        help="where objects come from",
+    )
     p.add_argument("--instances", help="folder of cut-outs (--source folders)")
     p.add_argument("--backgrounds", help="folder of background images (--source folders)")
     p.add_argument("--n-per-class", type=int, default=2, help="testbed instances per class")
@@ -36,41 +42,62 @@ def _add_build(sub) -> None:
         help="object box side / image side before transforms (default: native scale for "
         "the testbed, 0.6 for folders); 0 keeps the native scale",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of instances, placements, transforms")
+    _common.add_progress_arg(p)
     p.set_defaults(func=run_build)
 
 
+EVAL_DESCRIPTION = """\
+Zero-shot accuracy and the foreground/background diagnosis of every model on every subset
+(transform) of a `covar build` folder. Resumable: finished chunks are kept. Writes the
+per-image results, a summary table and a plot into --out, and prints the summary; columns:
+n images, accuracy, bg_er_of_all = background-driven errors / all images, bg_er_rate /
+fg_er_rate / fine_er_rate = BG-Er / FG-Er / Fine-Er as shares of the errors.
+"""
+
+
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="accuracy, diagnosis and BG-Er/FG-Er/Fine-Er per subset")
+    p = _common.add_parser(
+        sub,
+        "eval",
+        help="accuracy, diagnosis and BG-Er/FG-Er/Fine-Er per subset",
+        description=EVAL_DESCRIPTION,
+    )
     p.add_argument("root", help="folder written by `covar build`")
     p.add_argument(
         "--models",
+        "--model",
         nargs="+",
         default=["testbed"],
-        help="testbed, testbed:<variant>, <open_clip name>[:<tag or checkpoint>], hf:<folder>",
+        metavar="SPEC",
+        help="one or more model specs: " + _common.SPEC_HELP,
     )
     p.add_argument("--out", required=True, help="output folder (resumes if it exists)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--chunk-batches", type=int, default=4, help="batches per saved chunk")
     p.add_argument("--n-clusters", type=int, default=5, help="CCI clusters K")
     p.add_argument("--tau", type=float, default=0.5, help="fg_share threshold")
-    p.add_argument("--fine-threshold", type=float, default=0.8)
-    p.add_argument("--subsets", nargs="+", help="only these transforms")
-    p.add_argument("--limit", type=int, help="only the first N images (sorted by id)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--fine-threshold",
+        type=float,
+        default=0.8,
+        help="text-embedding cosine above which two classes are close (Fine-Er)",
+    )
+    p.add_argument("--subsets", nargs="+", help="only these transforms (default: all)")
+    p.add_argument("--limit", type=int, help="only the first N images, sorted by id (default: all)")
+    _common.add_device_arg(p)
+    p.add_argument("--no-plot", action="store_true", help="do not draw covar_eval.png")
+    _common.add_progress_arg(p)
     p.set_defaults(func=run_eval)
 
 
 def add_parser(subparsers) -> None:
     """Registers ``covar`` with its ``build`` and ``eval`` subcommands."""
-    p = subparsers.add_parser("covar", help="build and evaluate COVAR-style benchmarks")
+    p = _common.add_parser(subparsers, "covar", help="build and evaluate COVAR-style benchmarks")
     sub = p.add_subparsers(dest="covar_command", metavar="{build,eval}")
     _add_build(sub)
     _add_eval(sub)
-    p.set_defaults(func=lambda args: p.print_help() or 0)
+    _common.require_subcommand(p, "build, eval")
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -113,7 +140,11 @@ def run_eval(args: argparse.Namespace) -> int:
     """Runs ``covar eval`` from parsed arguments."""
     from captum_clip.covar.distributed import _env_int
     from captum_clip.covar.evaluate import evaluate
+    from captum_clip.model_spec import parse_model_spec
 
+    for spec in args.models:
+        if parse_model_spec(spec).random_weights:
+            print(_common.random_weights_warning(spec), file=sys.stderr)
     res = evaluate(
         args.root,
         args.models,
@@ -130,26 +161,17 @@ def run_eval(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     if _env_int("RANK", 0) == 0:
+        from captum_clip.covar._io import find_table
+
         cols = ["model", "subset", "n", "accuracy", "bg_er_of_all", "bg_er_rate", "fg_er_rate",
                 "fine_er_rate"]  # fmt: skip
-        with __import__("pandas").option_context("display.width", 200):
-            print(res.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print(f"results in {res.out_dir}")
+        print(_common.markdown_table(res.summary[cols]))
+        print(
+            "\nbg_er_of_all = background-driven errors / all images; *_rate = BG-Er, FG-Er, "
+            "Fine-Er as shares of the errors (docs/covar.md)."
+        )
+        for stem in ("results", "summary"):
+            _common.wrote(find_table(res.out_dir, stem))
+        if (res.out_dir / "covar_eval.png").is_file() and not args.no_plot:
+            _common.wrote(res.out_dir / "covar_eval.png")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m captum_clip.covar build|eval ...``."""
-    parser = argparse.ArgumentParser(prog="python -m captum_clip.covar")
-    sub = parser.add_subparsers(dest="covar_command", metavar="{build,eval}")
-    _add_build(sub)
-    _add_eval(sub)
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 0
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"covar {args.covar_command}: error: {err}", file=sys.stderr)
-        return 2

@@ -3,48 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import torch
+from captum_clip.commands import _common
+
+DESCRIPTION = """\
+Classify one image zero-shot over --labels and explain one class with CCI (cluster concept
+importance: which image regions, removed together, change the class score) or ViT GradCAM.
+Prints the class probabilities (and CCI's region weights) and writes one figure: the
+image, the attribution map (green supports the explained class, red opposes it) and, for
+CCI, the regions with their weights.
+"""
 
 
 def add_parser(subparsers) -> None:
     """Registers ``explain``."""
-    p = subparsers.add_parser(
-        "explain", help="explain a zero-shot prediction on one image with CCI or GradCAM"
+    p = _common.add_parser(
+        subparsers,
+        "explain",
+        help="explain a zero-shot prediction on one image with CCI or GradCAM",
+        description=DESCRIPTION,
     )
     p.add_argument("image", help="image file (png, jpg...)")
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "cat,dog"')
-    p.add_argument(
-        "--model",
-        default="testbed",
-        help="open_clip architecture, 'hf:<dir>' or 'testbed' (default)",
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--pretrained", help="open_clip pretrained tag (downloads on first use)")
-    src.add_argument("--checkpoint", help="local checkpoint file for --model")
-    p.add_argument("--method", choices=("cci", "gradcam"), default="cci")
+    _common.add_model_args(p, default="testbed")
+    p.add_argument("--method", choices=("cci", "gradcam"), default="cci", help="attribution")
     p.add_argument("--target", help="label to explain (default: the predicted one)")
     p.add_argument(
         "--template",
-        help="prompt template with '{}' (default 'a photo of a {}.'; testbed 'a photo of {}')",
+        help="prompt template with '{}' (default: 'a photo of a {}.'; testbed 'a photo of {}')",
     )
-    p.add_argument("--n-clusters", type=int, default=7, help="CCI clusters K (default 7)")
+    p.add_argument("--n-clusters", type=int, default=7, help="CCI clusters K (cci only)")
     p.add_argument(
-        "--mask-mode", choices=("attention", "pixel"), help="CCI mode (default: attention on ViTs)"
+        "--mask-mode",
+        choices=("attention", "pixel"),
+        help="CCI mode (default: attention on ViTs, pixel otherwise)",
     )
-    p.add_argument("--out", required=True, help="figure to write (e.g. fig.png)")
+    _common.add_device_arg(p)
+    p.add_argument("--out", default="explain.png", help="figure to write (.png, .pdf, ...)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from matplotlib.figure import Figure
+    """Classifies, explains and writes the figure."""
+    import torch
 
     from captum_clip._images import read_image
     from captum_clip.attr.cci import CCI
     from captum_clip.attr.gradcam import vit_gradcam
-    from captum_clip.models import ClipClassifier, load_clip
-    from captum_clip.viz.maps import overlay, plot_clusters
+    from captum_clip.viz.figures import explain_figure
 
     path = Path(args.image)
     if not path.is_file():
@@ -54,38 +62,46 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--labels must name at least one class, got {args.labels!r}")
     if args.target is not None and args.target not in labels:
         raise ValueError(f"--target {args.target!r} is not one of the labels {labels}")
-    loaded = load_clip(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint)
-    model, preprocess, tokenizer = loaded
-    template = args.template or ("a photo of {}" if args.model == "testbed" else "a photo of a {}.")
-    clf = ClipClassifier(model, tokenizer, labels, templates=[template])
-    x = preprocess(read_image(path))
-    x = x[None] if x.ndim == 3 else x
+    _common.check_positive(args, "n_clusters")
+    if args.method == "gradcam" and (args.n_clusters != 7 or args.mask_mode is not None):
+        print("warning: --n-clusters/--mask-mode only apply to --method cci", file=sys.stderr)
+    templates = [args.template] if args.template else None
+    clf, loaded, spec = _common.classifier(args, labels, templates)
+    x = loaded.preprocess(read_image(path))
+    x = (x[None] if x.ndim == 3 else x).to(clf.text_embeddings.device)
     with torch.no_grad():
-        probs = clf(x).softmax(1)[0]
-    target = labels.index(args.target) if args.target else int(probs.argmax())
+        probs = clf(x).softmax(1)[0].cpu()
+    pred = int(probs.argmax())
+    target = labels.index(args.target) if args.target else pred
     for i in probs.argsort(descending=True).tolist():
         print(f"{labels[i]:>24s}  p={probs[i]:.3f}")
-    print(f"explaining {labels[target]!r} with {args.method}")
-
-    fig = Figure(figsize=(9 if args.method == "cci" else 6, 3.2))
-    axes = fig.subplots(1, 3 if args.method == "cci" else 2)
-    overlay(x[0], torch.zeros(x.shape[-2:]), title="image", ax=axes[0])
+    kind = "predicted" if target == pred else "given (--target)"
+    print(f"explaining {kind} class {labels[target]!r} with {args.method}")
+    clusters = None
     if args.method == "cci":
         mode = args.mask_mode or ("attention" if clf.vision.is_vit else "pixel")
         attr, res = CCI(clf, n_clusters=args.n_clusters, mask_mode=mode).attribute(
             x, target=target, return_clusters=True
         )
-        plot_clusters(x[0], res.labels[0], res.weights[0], ax=axes[2])
-        order = torch.nan_to_num(res.weights[0], nan=-float("inf")).argsort(descending=True)
-        for k in order[: int(torch.isfinite(res.weights[0]).sum())].tolist():
-            area = float((res.labels[0] == k).float().mean())
-            print(f"  cluster {k}: weight {res.weights[0, k]:+.3f}  area {area:.2f}")
+        clusters = (res.labels[0].cpu(), res.weights[0].cpu())
+        weights = res.weights[0]
+        for rank, k in enumerate(torch.nan_to_num(weights, nan=-1e9).argsort(descending=True)):
+            if torch.isfinite(weights[k]):
+                area = float((res.labels[0] == k).float().mean())
+                print(f"  region {rank + 1}: weight {weights[k]:+.3f}  area {area:.2f}")
     else:
         attr = vit_gradcam(clf, x, target=target)
-    overlay(x[0], attr[0], title=f"{args.method}: {labels[target]}", ax=axes[1])
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    print(f"figure: {out}")
+    fig = explain_figure(
+        x[0].cpu(),
+        attr[0].detach().cpu(),
+        method="CCI" if args.method == "cci" else "GradCAM",
+        target_name=labels[target],
+        target_prob=float(probs[target]),
+        target_kind="predicted" if target == pred else "given",
+        prediction=(labels[pred], float(probs[pred])),
+        model_name=spec.text,
+        random_weights=loaded.random_weights,
+        clusters=clusters,
+    )
+    _common.save_figure(fig, args.out)
     return 0

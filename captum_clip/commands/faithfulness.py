@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_OUT = "benchmarks/results/faithfulness.md"
+from captum_clip.commands import _common
+
+DEFAULT_OUT = "captum_clip_faithfulness/faithfulness.md"
 #: Method names and defaults, kept here so ``captum-clip --help`` does not import torch
 #: (a test checks them against ``captum_clip.benchmark``).
 METHOD_NAMES = (
@@ -39,19 +41,19 @@ METRIC_DEFAULTS = dict(
 )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _shared_args(p: argparse.ArgumentParser) -> None:
     ms, mt = METHOD_DEFAULTS, METRIC_DEFAULTS
     g = p.add_argument_group("methods")
     g.add_argument(
         "--methods", nargs="+", choices=METHOD_NAMES, metavar="NAME",
         help="methods to run (default all): " + ", ".join(repr(m) for m in METHOD_NAMES),
     )  # fmt: skip
-    g.add_argument("--cci-k", type=int, default=ms["cci_k"], help="K of CCI (default 7)")
+    g.add_argument("--cci-k", type=int, default=ms["cci_k"], help="K of CCI")
     g.add_argument(
         "--cci-multi-k", type=int, nargs="+", default=list(ms["cci_multi_k"]),
-        help="Ks of the multi-K CCI ensemble (default 3 5 7 9)",
+        help="Ks of the multi-K CCI ensemble",
     )  # fmt: skip
-    g.add_argument("--ig-steps", type=int, default=ms["ig_steps"])
+    g.add_argument("--ig-steps", type=int, default=ms["ig_steps"], help="IntegratedGradients steps")
     g.add_argument("--superpixels", type=int, default=ms["superpixels"], help="SLIC segments")
     g.add_argument(
         "--shap-samples", type=int, default=ms["shap_samples"], help="KernelShap/Lime samples"
@@ -59,51 +61,65 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=ms["batch_size"], help="rows per forward")
     g = p.add_argument_group("metrics")
     g.add_argument("--n-steps", type=int, default=mt["n_steps"], help="deletion/insertion steps")
-    g.add_argument("--deletion-baseline", default=mt["deletion_baseline"])
-    g.add_argument("--insertion-baseline", default=mt["insertion_baseline"])
     g.add_argument(
-        "--road-percentages", type=float, nargs="+", default=list(mt["road_percentages"])
-    )
-    g.add_argument("--pointing-tolerance", type=int, default=mt["pointing_tolerance"])
+        "--deletion-baseline", default=mt["deletion_baseline"],
+        help="what deleted pixels become: zeros (the mean colour), blur, ...",
+    )  # fmt: skip
+    g.add_argument(
+        "--insertion-baseline", default=mt["insertion_baseline"],
+        help="the image insertion starts from: blur, zeros, ...",
+    )  # fmt: skip
+    g.add_argument(
+        "--road-percentages", type=float, nargs="+", default=list(mt["road_percentages"]),
+        help="ROAD: percentages of pixels removed",
+    )  # fmt: skip
+    g.add_argument(
+        "--pointing-tolerance", type=int, default=mt["pointing_tolerance"],
+        help="pointing game: pixels the maximum may lie outside the mask",
+    )  # fmt: skip
     g = p.add_argument_group("run")
     g.add_argument("--chunk-size", type=int, default=16, help="images per attribution call")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    _common.add_device_arg(g)
     g.add_argument(
-        "--threads", type=int, default=1,
-        help="torch threads (default 1: on a shared 2-core machine 2 threads were slower)",
+        "--out", default=DEFAULT_OUT,
+        help="Markdown report; the curve plots go next to it (<stem>_<model>.png)",
     )  # fmt: skip
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--out", default=DEFAULT_OUT, help="markdown file (PNG plots next to it)")
-    g.add_argument("--csv", help="also write the per-image table here")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--csv", help="also write the per-image table here (default: not written)")
+    _common.add_progress_arg(g)
 
 
 def add_parser(subparsers) -> None:
     """Registers ``faithfulness`` with its ``testbed`` and ``folder`` subcommands."""
-    p = subparsers.add_parser(
-        "faithfulness", help="benchmark attribution methods with faithfulness metrics"
+    p = _common.add_parser(
+        subparsers, "faithfulness", help="benchmark attribution methods with faithfulness metrics"
     )
     sub = p.add_subparsers(dest="faithfulness_command", metavar="{testbed,folder}")
-    t = sub.add_parser("testbed", help="the testbed zoo (exact masks, causal labels)")
+    t = _common.add_parser(sub, "testbed", help="the testbed zoo (exact masks, causal labels)")
     t.add_argument("--variants", nargs="+", help="zoo variants (default: all available)")
-    t.add_argument("--n", type=int, default=48, help="scenes per model (default 48)")
+    t.add_argument("--n", type=int, default=48, help="scenes per model")
     t.add_argument("--rho", type=float, default=0.5, help="shortcut strength of the scenes")
     t.add_argument("--seed", type=int, default=None, help="scene seed (default: held out)")
-    _common(t)
+    _shared_args(t)
     t.set_defaults(func=run_testbed_command)
-    f = sub.add_parser("folder", help="any CLIP on an image folder")
+    f = _common.add_parser(sub, "folder", help="any CLIP on an image folder")
     f.add_argument("images", help="image folder: flat, or one sub-folder per class")
-    f.add_argument(
-        "--model", required=True,
-        help="open_clip name[:pretrained tag or checkpoint file], hf:<folder>, testbed:<variant>",
-    )  # fmt: skip
+    f.add_argument("--model", required=True, metavar="SPEC", help=_common.SPEC_HELP)
     f.add_argument("--classes", nargs="+", help="class names (default: the sub-folders)")
-    f.add_argument("--templates", nargs="+", help="prompt templates with one {}")
-    f.add_argument("--masks", help="mask folder (same relative paths, white = object)")
-    f.add_argument("--target", choices=("pred", "label"), default="pred")
-    f.add_argument("--max-images", type=int, help="use at most this many images")
-    _common(f)
+    f.add_argument(
+        "--templates", nargs="+", help="prompt templates with one {} (default: the model's)"
+    )
+    f.add_argument(
+        "--masks", help="mask folder (same relative paths, white = object; default: none)"
+    )
+    f.add_argument(
+        "--target", choices=("pred", "label"), default="pred",
+        help="explain the predicted class or the sub-folder's class",
+    )  # fmt: skip
+    f.add_argument("--max-images", type=int, help="use at most this many images (default: all)")
+    _shared_args(f)
     f.set_defaults(func=run_folder_command, chunk_size=8)
-    p.set_defaults(func=lambda args: p.print_help() or 0)
+    _common.require_subcommand(p, "testbed, folder")
 
 
 def _settings(args: argparse.Namespace):
@@ -191,13 +207,34 @@ def _write(results, args, extra_settings: list[str], elapsed: float) -> int:
     text = markdown_report(results, command, lines, plots, getattr(args, "notes", ()))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    print(text)
+    print(_summary(results))
+    _common.wrote(out)
+    for name in plots.values():
+        _common.wrote(out.with_name(name))
     if args.csv:
         table = pd.concat([r.table.assign(model=r.model) for r in results], ignore_index=True)
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.csv, index=False)
-    print(f"written: {out} (+ {len(plots)} plot(s))")
+        _common.write_table(table, args.csv)
     return 0
+
+
+SUMMARY_COLUMNS = (  # (column of FaithfulnessResult.summary(), header)
+    ("deletion_prob", "deletion AUC (lower = better)"),
+    ("insertion_prob", "insertion AUC (higher = better)"),
+    ("mask_share", "mask share"),
+    ("seconds_per_image", "s / image"),
+)
+
+
+def _summary(results) -> str:
+    """A short Markdown table per model (the full report is in the file)."""
+    blocks = []
+    for r in results:
+        s = r.summary()
+        cols = [(c, h) for c, h in SUMMARY_COLUMNS if c in s.columns]
+        rows = [{"method": m, **{h: row[c] for c, h in cols}} for m, row in s.iterrows()]
+        blocks.append(f"{r.model} ({r.n_images} images):\n")
+        blocks.append(_common.markdown_table(rows, ["method"] + [h for _, h in cols]) + "\n")
+    return "\n".join(blocks)
 
 
 def run_testbed_command(args: argparse.Namespace) -> int:
@@ -205,8 +242,10 @@ def run_testbed_command(args: argparse.Namespace) -> int:
     import torch
 
     from captum_clip.benchmark.inputs import TESTBED_SEED, run_testbed
+    from captum_clip.model_spec import resolve_device
 
     torch.set_num_threads(args.threads)
+    args.device = str(resolve_device(args.device))
     args._settings = _settings(args)
     args._cpu0 = time.process_time()
     seed = TESTBED_SEED if args.seed is None else args.seed
@@ -237,8 +276,13 @@ def run_folder_command(args: argparse.Namespace) -> int:
     import torch
 
     from captum_clip.benchmark.inputs import run_folder
+    from captum_clip.model_spec import parse_model_spec, resolve_device
+
+    if parse_model_spec(args.model).random_weights:
+        print(_common.random_weights_warning(args.model), file=sys.stderr)
 
     torch.set_num_threads(args.threads)
+    args.device = str(resolve_device(args.device))
     args._settings = _settings(args)
     args._cpu0 = time.process_time()
     t0 = time.perf_counter()

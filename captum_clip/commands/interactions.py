@@ -1,50 +1,41 @@
-"""``captum-clip interactions IMAGE "a caption" --out FIG.png``: word x region maps."""
+"""``captum-clip interactions IMAGE "a caption"``: word x region interaction maps."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from captum_clip.models import load_clip
+from captum_clip.commands import _common
+
+DESCRIPTION = """\
+Explain which caption words match which image regions with integrated interactions
+(IntegratedInteractions): A[t, p] is the second-order interaction of caption token t with
+image patch p, and the entries sum to score(image, caption) minus the three baseline
+scores. Prints, per token, its interaction with all image patches (the sums the figure
+shows over each word map and in its bar chart; the image's CLS token is not included) and
+writes one figure: the image, one map per word (blue = the word and region lower the
+score together, red = raise it) and a bar chart of every token.
+"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``interactions`` subcommand."""
-    p = subparsers.add_parser(
+    p = _common.add_parser(
+        subparsers,
         "interactions",
         help="second-order caption-word x image-patch interaction maps",
-        description=(
-            "Explain which caption words match which image regions with integrated "
-            "interactions (IntegratedInteractions). Without --model the bundled testbed "
-            "model is used."
-        ),
+        description=DESCRIPTION,
     )
     p.add_argument("image", help="image file (any format PIL reads)")
     p.add_argument("caption", help="the caption to explain")
-    p.add_argument("--out", required=True, help="figure file to write (.png, .pdf, ...)")
-    p.add_argument("--model", default=None, help="open_clip name, 'testbed' or 'hf:<folder>'")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag")
-    p.add_argument("--checkpoint", default=None, help="local checkpoint for --model")
-    p.add_argument("--n-steps", type=int, default=20, help="integration steps (default 20)")
+    p.add_argument("--out", default="interactions.png", help="figure file (.png, .pdf, ...)")
+    _common.add_model_args(p, default="testbed")
+    p.add_argument("--n-steps", type=int, default=20, help="integration steps")
     p.add_argument("--text-layer", type=int, default=-1, help="0 = embeddings, -1 = last block")
     p.add_argument("--image-layer", type=int, default=-1, help="0 = embeddings, -1 = last block")
     p.add_argument("--words", nargs="*", default=None, help="words to map (default: all)")
-    p.add_argument("--device", default="cpu")
+    _common.add_device_arg(p)
     p.set_defaults(func=run)
-
-
-def _load(args: argparse.Namespace):
-    if args.model is not None:
-        return load_clip(args.model, args.pretrained, args.checkpoint, device=args.device)
-    if args.pretrained is not None or args.checkpoint is not None:
-        raise ValueError("--pretrained/--checkpoint need --model NAME")
-    try:
-        return load_clip("testbed", device=args.device)
-    except (ValueError, ImportError, FileNotFoundError) as err:
-        raise ValueError(
-            f"no --model given and the bundled testbed model is not available ({err}); "
-            "pass --model NAME [--pretrained TAG | --checkpoint PATH]"
-        ) from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,15 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from captum_clip._images import read_image
     from captum_clip.attr.interactions import IntegratedInteractions
     from captum_clip.viz.interactions import plot_interactions
+    from captum_clip.viz.marks import mark_random_weights
 
     if not os.path.isfile(args.image):
         raise FileNotFoundError(f"image file not found: {args.image!r}")
-    if args.n_steps < 1:
-        raise ValueError(f"--n-steps must be >= 1, got {args.n_steps}")
-    model, preprocess, tokenizer = _load(args)
+    _common.check_positive(args, "n_steps")
+    loaded, spec = _common.load_model(args)
     picture = read_image(args.image)
-    images = preprocess(picture)[None].to(args.device)
-    ii = IntegratedInteractions(model, tokenizer)
+    images = loaded.preprocess(picture)[None]
+    images = images.to(next(loaded.model.parameters()).device)
+    ii = IntegratedInteractions(loaded.model, loaded.tokenizer)
     result = ii.explain(
         images,
         [args.caption],
@@ -69,16 +61,24 @@ def run(args: argparse.Namespace) -> int:
         image_layer=args.image_layer,
     )
     words = args.words or None
-    fig = plot_interactions(result, picture.resize(images.shape[-1:-3:-1]), words=words)
-    fig.savefig(args.out, dpi=120)
-    tokens = result.tokens[0]
-    text_attr = result.text_attr[0]
+    title = (
+        f"{spec.text}: {args.caption!r}, score {float(result.score[0]):.3f} "
+        f"(= four-term difference {float(result.score_difference[0]):.3f} "
+        f"- delta {float(result.delta[0]):.1e})"
+    )
+    fig = plot_interactions(
+        result, picture.resize(images.shape[-1:-3:-1]), words=words, title=title
+    )
+    if loaded.random_weights:
+        mark_random_weights(fig)
     print(
         f"score {float(result.score[0]):.4f}  four-term difference "
         f"{float(result.score_difference[0]):.4f}  delta {float(result.delta[0]):.2e}"
     )
-    for i, t in enumerate(tokens):
+    print("interaction of each token with all image patches (CLS excluded):")
+    scores = result.token_scores(pair=0)
+    for t, v in zip(result.tokens[0], scores.tolist()):
         if t:
-            print(f"  {t:>20s} {float(text_attr[i]):+.5f}")
-    print(f"wrote {args.out}")
+            print(f"  {t:>20s} {v:+.5f}")
+    _common.save_figure(fig, args.out, dpi=120)
     return 0

@@ -12,10 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ModelEntry", "resolve_model"]
+from captum_clip.model_spec import DEFAULT_TEMPLATES, TESTBED_TEMPLATES
 
-TESTBED_TEMPLATES: tuple[str, ...] = ("a photo of {}",)
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+__all__ = ["DEFAULT_TEMPLATES", "TESTBED_TEMPLATES", "ModelEntry", "resolve_model"]
 
 
 @dataclass
@@ -125,86 +124,27 @@ def weights_fingerprint(
     return ""
 
 
-def _split_spec(spec: str) -> tuple[str, str | None]:
-    if spec.startswith("hf:"):
-        return spec, None
-    name, sep, tag = spec.partition(":")
-    return name, (tag if sep else None)
-
-
 def resolve_model(spec: str | ModelEntry, device: Any = "cpu") -> ModelEntry:
     """Turns a model spec into a lazily loaded :class:`ModelEntry`.
 
-    Specs: ``"testbed"`` / ``"testbed:<variant>"`` (zoo), ``"testbed:<variant>:<file>"``
-    (a zoo architecture with weights from a local file), ``"<open_clip name>"`` (random
-    weights), ``"<open_clip name>:<pretrained tag>"`` (downloads on first use),
-    ``"<open_clip name>:<path to checkpoint>"`` (local file), ``"hf:<folder>"``.
+    Specs follow :mod:`captum_clip.model_spec` (``testbed[:VARIANT[:FILE]]``,
+    ``NAME[:TAG|:CHECKPOINT]``, ``hf:DIR``); they are checked now (unknown names, variants,
+    tags and missing files fail before any other model runs) and loaded on first use.
     """
     if isinstance(spec, ModelEntry):
         return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise TypeError(f"a model spec must be a non-empty string or ModelEntry, got {spec!r}")
-    from captum_clip.models import load_clip
+    from captum_clip.model_spec import parse_model_spec
 
-    name, tag = _split_spec(spec)
-    if name == "testbed":
-        from captum_clip.testbed.zoo import load_config
-
-        variant, _, path = (tag or "default").partition(":")
-        load_config(variant)  # unknown variants fail now, not after other models ran
-        if path:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"testbed checkpoint not found: {path!r} (in {spec!r})")
-            return ModelEntry(
-                spec,
-                templates=TESTBED_TEMPLATES,
-                loader=lambda: _testbed_file(variant, path),
-                fingerprint=lambda: weights_fingerprint("testbed", name, variant, path),
-            )
-        return ModelEntry(
-            spec,
-            templates=TESTBED_TEMPLATES,
-            loader=lambda: load_clip("testbed", variant=variant, device=device),
-            fingerprint=lambda: weights_fingerprint("testbed", name, variant),
+    parsed = parse_model_spec(spec)
+    templates = TESTBED_TEMPLATES if parsed.family == "testbed" else None
+    fingerprint = None
+    if parsed.family != "open_clip" or parsed.checkpoint is not None:
+        fingerprint = lambda: weights_fingerprint(  # noqa: E731
+            parsed.family, parsed.name, parsed.variant, parsed.checkpoint
         )
-    if name.startswith("hf:"):
-        return ModelEntry(
-            spec,
-            loader=lambda: load_clip(name, device=device),
-            fingerprint=lambda: weights_fingerprint("hf", name),
-        )
-    import open_clip
-
-    if name not in open_clip.list_models():  # fail now, not after other models ran
-        from captum_clip.models import ModelLoadError
-
-        raise ModelLoadError(
-            f"unknown model {name!r} in spec {spec!r}: expected testbed[:<variant>], "
-            "hf:<folder> or an open_clip name (open_clip.list_models())"
-        )
-    if tag is not None and (
-        os.path.isfile(tag) or os.sep in tag or tag.endswith((".pt", ".bin", ".safetensors"))
-    ):
-        return ModelEntry(
-            spec,
-            loader=lambda: load_clip(name, checkpoint=tag, device=device),
-            fingerprint=lambda: weights_fingerprint("open_clip", name, checkpoint=tag),
-        )
-    return ModelEntry(spec, loader=lambda: load_clip(name, pretrained=tag, device=device))
-
-
-def _testbed_file(variant: str, path: str) -> tuple:
-    from captum_clip.models import ModelLoadError, _load_state_dict
-    from captum_clip.testbed.zoo import TestbedPreprocess, build_model, build_tokenizer, load_config
-
-    cfg = load_config(variant)
-    state = {k: v.float() for k, v in _load_state_dict(path).items()}
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ModelLoadError(
-            f"checkpoint {path!r} does not match testbed variant {variant!r}: {err}"
-        ) from err
-    image_size = int(cfg["model"]["vision_cfg"]["image_size"])
-    return model.eval(), TestbedPreprocess(image_size), build_tokenizer(cfg)
+    return ModelEntry(
+        parsed.text,
+        templates=templates,
+        loader=lambda: parsed.load(device),
+        fingerprint=fingerprint,
+    )

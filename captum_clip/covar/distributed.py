@@ -1,7 +1,7 @@
 """Optional ``torch.distributed`` for ``covar eval`` under ``torchrun``.
 
 The process group is initialised only when the launcher's environment says there is more
-than one process (``WORLD_SIZE > 1``); a plain ``python -m captum_clip.covar eval`` never
+than one process (``WORLD_SIZE > 1``); a plain ``python -m captum_clip covar eval`` never
 touches ``torch.distributed``. Backend: ``nccl`` when CUDA is available, else ``gloo``.
 Work is split deterministically: global batch ``b`` belongs to rank ``b % world_size``,
 so every batch holds the same images whatever the number of processes.

@@ -18,6 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from captum_clip.viz.marks import SIGN_CMAP
+
 __all__ = ["compare_methods", "overlay", "plot_clusters", "to_display"]
 
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -151,6 +153,10 @@ def plot_clusters(
 ) -> Figure:
     """CCI regions: cluster boundaries on the image, each region tinted and labelled by weight.
 
+    Tints use the signed colour map of the heat maps (green = supports the target, red =
+    opposes it; :data:`captum_clip.viz.marks.SIGN_CMAP`), scaled by the largest ``|weight|``;
+    each label sits at the point deepest inside its region, so labels do not overlap.
+
     Args:
         image: See :func:`to_display`.
         labels: ``(h, w)`` cluster index per patch (``CCIResult.labels[i]``).
@@ -160,6 +166,7 @@ def plot_clusters(
         mean: See :func:`to_display`.
         std: See :func:`to_display`.
     """
+    from scipy.ndimage import distance_transform_edt
     from skimage.segmentation import find_boundaries
 
     img = to_display(image, mean, std)
@@ -178,13 +185,14 @@ def plot_clusters(
     scale = np.abs(w).max() or 1.0
     fig, ax = _axes(ax)
     ax.imshow(img)
-    ax.imshow(w[full] / scale, cmap="RdBu_r", vmin=-1, vmax=1, alpha=0.45)
+    ax.imshow(w[full] / scale, cmap=SIGN_CMAP, vmin=-1, vmax=1, alpha=0.45)
     edges = np.ma.masked_where(~find_boundaries(full, mode="inner"), np.ones_like(full))
     ax.imshow(edges, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     for k in np.unique(lab):
-        ys, xs = np.nonzero(full == k)
-        iy = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)  # a pixel of the region
-        ax.text(xs[iy], ys[iy], f"{w[k]:+.2f}", ha="center", va="center", fontsize=7,
+        inside = np.pad(full == k, 1)  # the image border counts as a boundary
+        depth = distance_transform_edt(inside)[1:-1, 1:-1]
+        y, x = np.unravel_index(np.argmax(depth), depth.shape)  # deepest point of the region
+        ax.text(x, y, f"{w[k]:+.2f}", ha="center", va="center", fontsize=7,
                 bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.7, lw=0))  # fmt: skip
     ax.set_title(title or "CCI clusters")
     ax.axis("off")

@@ -150,8 +150,8 @@ compare_methods(x[0], {"GradCAM": cam[0], "CCI": attr[0]}, mask=scenes.masks[0])
 #
 # * `n_clusters=(3, 5, 7)`: a multi-K ensemble (the maps are averaged; one batch).
 # * `score="prob"`: explain the softmax probability instead of the logit.
-# * `mask_mode="pixel"` (with `baselines=`): replace the region's pixels through Captum's
-#   `FeatureAblation` — the mode for ResNet CLIPs.
+# * `mask_mode="pixel"` (with `baselines=`): replace the region's pixels by a baseline
+#   (all variants in one batch, like attention mode) — the mode for ResNet CLIPs.
 # * `internal_batch_size=`: bound memory; `show_progress=True`: a tqdm bar.
 
 # %%

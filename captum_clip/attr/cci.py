@@ -1,11 +1,12 @@
 """Cluster-based Concept Importance (CCI): hide whole regions of patch tokens, not pixels.
 
 The vision tower's own patch tokens (at block ``layer``) are clustered with k-means in
-cosine geometry; every cluster is then hidden from the model -- from every attention layer
-(``mask_mode="attention"``, ViTs; no pixel changes) or by replacing its pixels with a
-baseline (``mask_mode="pixel"``, any model, through Captum's ``FeatureAblation``) -- and the
-drop of the target score ``Δs_k = s - s_k`` becomes the weight of the region. All masked
-variants of a batch run as one (chunked) batched forward. See ``docs/cci.md``.
+cosine geometry (batched over the images, on their device: :mod:`._kmeans`); every cluster
+is then hidden from the model -- from every attention layer (``mask_mode="attention"``,
+ViTs; no pixel changes) or by replacing its pixels with a baseline (``mask_mode="pixel"``,
+any model) -- and the drop of the target score ``Δs_k = s - s_k`` becomes the weight of the
+region. All masked variants of a batch run as one (chunked) batched forward
+(:mod:`._region_scores`). See ``docs/cci.md``.
 
 Example:
     >>> clf = ClipClassifier(model, tokenizer, ["cat", "dog"])
@@ -15,23 +16,22 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from captum._utils.common import _format_additional_forward_args
-from captum.attr import FeatureAblation, PerturbationAttribution
+from captum.attr import PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from captum_clip._hooks import HookManager, preserve_model_state
 from captum_clip._towers import VisionTower
 from captum_clip._validate import check_batch_size, check_images, check_target
+from captum_clip.attr._kmeans import batched_kmeans, sklearn_labels
+from captum_clip.attr._region_scores import one_region_each, variant_scores
 from captum_clip.metrics._common import make_baseline
 from captum_clip.models import resolve_tower
 
@@ -41,7 +41,6 @@ MASK_MODES = ("attention", "pixel")
 NORMALIZATIONS = ("abs", "sum", None)
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 SCORES = ("logit", "prob")
-KMEANS_N_INIT = 4
 
 
 @dataclass
@@ -134,7 +133,8 @@ class CCI(PerturbationAttribution):
         upsample: Patch map → pixels: ``"nearest"`` (exact region edges), ``"bilinear"``
             or ``"bicubic"``.
         clusterer: Optional scikit-learn style estimator with ``fit_predict`` (cloned per
-            image; its ``n_clusters`` is set to K). Default: ``KMeans``.
+            image; its ``n_clusters`` is set to K). Default: the batched torch k-means
+            (:func:`captum_clip.attr._kmeans.batched_kmeans`, 4 restarts).
         random_state: Seed of the default k-means.
         score: ``"logit"`` (the raw output at ``target``) or ``"prob"`` (softmax first).
     """
@@ -214,19 +214,19 @@ class CCI(PerturbationAttribution):
             feats = self.vision.patch_features(inputs, self.layer)
         return out, feats
 
-    def _targets(self, target: Any, out: Tensor) -> Tensor | None:
+    def _targets(self, target: Any, out: Tensor, batch: int) -> Tensor | None:
         """Per-example target index ``(B,)``, or None for single-output forward functions."""
-        if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != self._batch:
+        if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != batch:
             raise ValueError(
-                f"forward_func must return (B,) or (B, n_outputs) with B={self._batch}, got "
+                f"forward_func must return (B,) or (B, n_outputs) with B={batch}, got "
                 f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}"
             )
         if self.score == "prob" and (out.ndim == 1 or out.shape[1] == 1):
             raise ValueError("score='prob' needs a forward_func with several outputs")
         if out.ndim == 1:
-            check_target(target, self._batch, 1)
+            check_target(target, batch, 1)
             return None
-        return check_target(target, self._batch, out.shape[1]).to(out.device)
+        return check_target(target, batch, out.shape[1]).to(out.device)
 
     def _prepare(self, out: Tensor) -> Tensor:
         """Forward output → what the target indexes (softmax for ``score='prob'``)."""
@@ -238,99 +238,58 @@ class CCI(PerturbationAttribution):
             return out.reshape(out.shape[0])
         return out.gather(1, tgt[:, None].to(out.device))[:, 0]
 
-    def _cluster(self, feats: Tensor, k: int) -> Tensor:
-        """``(B, h, w)`` consecutive cluster labels (empty clusters dropped)."""
-        from sklearn.base import clone
-        from sklearn.cluster import KMeans
-        from sklearn.exceptions import ConvergenceWarning
-        from threadpoolctl import threadpool_limits
+    def _cluster(self, feats: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """``(B, P)`` consecutive cluster labels and ``(B,)`` clusters found per image.
 
+        The default is the batched torch k-means (:mod:`captum_clip.attr._kmeans`) on the
+        features' device; a ``clusterer=`` estimator is fitted per image on the CPU.
+        Empty clusters are dropped.
+        """
         b, h, w, d = feats.shape
         if k > h * w:
             raise ValueError(f"n_clusters={k} is larger than the {h * w} patches ({h}x{w} grid)")
-        x = F.normalize(feats.reshape(b, h * w, d).float(), dim=-1).cpu().double().numpy()
-        labels = np.empty((b, h * w), dtype=np.int64)
-        for i in range(b):
-            if self.clusterer is None:
-                est = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=self.random_state)
-            else:
-                est = clone(self.clusterer)
-                if "n_clusters" in est.get_params():
-                    est.set_params(n_clusters=k)
-                elif len(self.n_clusters) > 1:
-                    raise ValueError("a multi-K ensemble needs a clusterer with n_clusters")
-            # one thread: P is small, and OpenMP spinning costs 10x on a busy machine
-            with warnings.catch_warnings(), threadpool_limits(1):
-                warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points
-                raw = np.asarray(est.fit_predict(x[i])).reshape(-1)
-            labels[i] = np.unique(raw, return_inverse=True)[1].reshape(-1)
-        return torch.from_numpy(labels).reshape(b, h, w).to(feats.device)
+        x = feats.reshape(b, h * w, d)
+        if self.clusterer is None:
+            out = batched_kmeans(x, k, seed=self.random_state)
+            return out.labels, out.n_found
+        x = F.normalize(x.float(), dim=-1)
+        labels = sklearn_labels(self.clusterer, x, k, set_k=len(self.n_clusters) > 1)
+        n_found = labels.max(1).values + 1
+        if int(n_found.max()) > k:
+            raise ValueError(
+                f"the clusterer found {int(n_found.max())} clusters with n_clusters={k}; "
+                "it must return at most n_clusters labels"
+            )
+        return labels, n_found
 
-    def _attention_scores(self, inputs, args, tgt, all_labels, ibs, show_progress) -> list[Tensor]:
-        """``(B, K_j)`` masked scores per K; all variants in one chunked batch."""
-        b = inputs.shape[0]
-        src, hidden, slots = [], [], []
-        for i in range(b):
-            for j, labels in enumerate(all_labels):
-                flat = labels[i].reshape(-1)
-                for c in range(int(flat.max()) + 1):
-                    src.append(i)
-                    hidden.append(flat == c)
-                    slots.append((j, i, c))
-        src_t = torch.tensor(src, device=inputs.device)
-        hidden_t = torch.stack(hidden).to(inputs.device)
-        n = len(src)
-        step = n if ibs is None else ibs
-        values = torch.empty(n, device=inputs.device)
-        for start in tqdm(range(0, n, step), desc="CCI", disable=not show_progress):
-            rows = slice(start, start + step)
-            idx = src_t[rows]
-            with self.vision.hide_patches(hidden_t[rows]):
-                out = self.forward_func(inputs[idx], *_rows_of(args, idx, b))
-            values[rows] = self._select(out, None if tgt is None else tgt[idx])
-        scores = [
-            torch.full((b, max(self.n_clusters)), float("nan"), device=inputs.device)
-            for _ in all_labels
-        ]
-        for (j, i, c), v in zip(slots, values.tolist()):
-            scores[j][i, c] = v
-        return [s[:, :k] for s, k in zip(scores, self.n_clusters)]
-
-    def _pixel_scores(
-        self, inputs, args, tgt, base, all_labels, baselines, ibs, show_progress
+    def _scores(
+        self, inputs, args, tgt, clusters, grid, baselines, ibs, show_progress
     ) -> list[Tensor]:
-        """``(B, K_j)`` scores with each cluster's pixels replaced (Captum FeatureAblation)."""
-        b, _, height, width = inputs.shape
-        fill = make_baseline(0.0 if baselines is None else baselines, inputs)
+        """``(B, K_j)`` scores with each cluster hidden, every K in one chunked batch."""
+        b = inputs.shape[0]
+        masks = [one_region_each(labels, k, n) for (labels, n), k in zip(clusters, self.n_clusters)]
+        hidden = torch.cat([m[0] for m in masks], 1)
+        valid = torch.cat([m[1] for m in masks], 1)
 
-        def fwd(x: Tensor, *a: Any) -> Tensor:
-            out = self._prepare(self.forward_func(x, *a))
-            return out.reshape(out.shape[0]) if tgt is None else out
+        def score(images: Tensor, src: Tensor) -> Tensor:
+            out = self.forward_func(images, *_rows_of(args, src, b))
+            return self._select(out, None if tgt is None else tgt[src])
 
-        ablation = FeatureAblation(fwd)
-        scores = []
-        for labels, k in zip(all_labels, self.n_clusters):
-            fmask = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")
-            fmask = fmask.long()
-            n_feat = int(fmask.max()) + 1
-            delta_map = ablation.attribute(
-                inputs,
-                baselines=fill,
-                target=tgt,
-                additional_forward_args=args if args else None,
-                feature_mask=fmask,
-                perturbations_per_eval=n_feat if ibs is None else max(1, ibs // b),
-                show_progress=show_progress,
-            )[:, 0].reshape(b, -1)
-            flat = fmask.reshape(b, -1)
-            s = torch.full((b, k), float("nan"), device=inputs.device)
-            for c in range(n_feat):
-                inside = flat == c
-                first = inside.float().argmax(1, keepdim=True)
-                delta = delta_map.gather(1, first)[:, 0].float()
-                s[:, c] = torch.where(inside.any(1), base - delta, s[:, c])
-            scores.append(s)
-        return scores
+        if self.mask_mode == "attention":
+            kw: dict[str, Any] = {"vision": self.vision}
+        else:
+            fill = make_baseline(0.0 if baselines is None else baselines, inputs)
+            kw = {"fill": fill, "grid": grid}
+        s = variant_scores(
+            score,
+            inputs,
+            hidden,
+            valid,
+            internal_batch_size=ibs,
+            show_progress=show_progress,
+            **kw,
+        )
+        return list(s.split(list(self.n_clusters), 1))
 
     def _weights(self, deltas: Tensor) -> Tensor:
         if self.normalize is None:
@@ -384,27 +343,16 @@ class CCI(PerturbationAttribution):
         if baselines is not None and self.mask_mode == "attention":
             raise ValueError("baselines are only used with mask_mode='pixel'")
         args = _format_additional_forward_args(additional_forward_args) or ()
-        self._batch = inputs.shape[0]
         with torch.no_grad(), preserve_model_state(*self._modules()):
             out, feats = self._base_pass(inputs, args)
-            tgt = self._targets(target, out)
+            tgt = self._targets(target, out, inputs.shape[0])
             base = self._select(out, tgt)
-            all_labels = [self._cluster(feats, k) for k in self.n_clusters]
-            if self.mask_mode == "attention":
-                scores = self._attention_scores(
-                    inputs, args, tgt, all_labels, internal_batch_size, show_progress
-                )
-            else:
-                scores = self._pixel_scores(
-                    inputs,
-                    args,
-                    tgt,
-                    base,
-                    all_labels,
-                    baselines,
-                    internal_batch_size,
-                    show_progress,
-                )
+            grid = tuple(feats.shape[1:3])
+            clusters = [self._cluster(feats, k) for k in self.n_clusters]
+            scores = self._scores(
+                inputs, args, tgt, clusters, grid, baselines, internal_batch_size, show_progress
+            )
+        all_labels = [labels.reshape(-1, *grid) for labels, _ in clusters]
         results = []
         maps = torch.zeros(inputs.shape[0], 1, *inputs.shape[-2:], device=inputs.device)
         for labels, s, k in zip(all_labels, scores, self.n_clusters):

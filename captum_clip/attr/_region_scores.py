@@ -1,0 +1,131 @@
+"""Scores of masked variants: hide sets of regions of each image, one batched forward.
+
+The machinery behind CCI (and any region estimator built on it -- occlusion, sufficiency,
+Shapley or Banzhaf coalitions): every image ``i`` has a region label per patch and ``V``
+variants, each hiding a set of regions (a ``(V, n_regions)`` boolean matrix per image).
+:func:`region_hidden` turns these into patch masks, :func:`variant_scores` runs all valid
+variants of the whole batch as one (chunked) forward and puts the scores back in place --
+no Python loop over variants.
+
+Example:
+    >>> hide = torch.eye(k, dtype=torch.bool).expand(b, k, k)      # one region each
+    >>> hidden = region_hidden(labels, hide)                        # (B, k, P)
+    >>> s = variant_scores(score, x, hidden, valid, vision=tower)   # (B, k), NaN if invalid
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from captum_clip._towers import VisionTower
+
+__all__ = ["one_region_each", "region_hidden", "variant_scores"]
+
+
+def region_hidden(labels: Tensor, hide: Tensor) -> Tensor:
+    """Patch masks of variants that hide sets of regions.
+
+    Args:
+        labels: ``(B, P)`` long region index of every patch, in ``[0, n_regions)``.
+        hide: ``(B, V, n_regions)`` bool, True where variant ``v`` of image ``i`` hides
+            the region (broadcast views such as ``eye.expand(B, V, R)`` are fine).
+
+    Returns:
+        ``(B, V, P)`` bool: ``hidden[i, v, p] = hide[i, v, labels[i, p]]``.
+    """
+    b, v, _ = hide.shape
+    return hide.gather(2, labels[:, None, :].expand(b, v, labels.shape[1]))
+
+
+def one_region_each(labels: Tensor, n_regions: int, n_found: Tensor) -> tuple[Tensor, Tensor]:
+    """Variants hiding one region each (CCI): ``(B, n_regions, P)`` masks and validity.
+
+    Args:
+        labels: ``(B, P)`` long region index per patch.
+        n_regions: Number of variants ``V`` (the requested K).
+        n_found: ``(B,)`` regions each image really has; variants past it are invalid.
+
+    Returns:
+        ``hidden (B, V, P)`` bool and ``valid (B, V)`` bool.
+    """
+    ids = torch.arange(n_regions, device=labels.device)
+    hidden = labels[:, None, :] == ids[None, :, None]
+    return hidden, ids[None, :] < n_found.to(labels.device)[:, None]
+
+
+def variant_scores(
+    score: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    hidden: Tensor,
+    valid: Tensor | None = None,
+    *,
+    vision: VisionTower | None = None,
+    fill: Tensor | None = None,
+    grid: tuple[int, int] | None = None,
+    internal_batch_size: int | None = None,
+    show_progress: bool = False,
+) -> Tensor:
+    """Target scores of every valid masked variant, all images in one chunked batch.
+
+    Exactly one of ``vision`` (attention mode: the hidden patches get ``-inf`` attention
+    logits in every layer through ``vision.hide_patches``) and ``fill`` (pixel mode: the
+    hidden patches' pixels are replaced by ``fill``; the ``grid`` of patches is upsampled
+    to the image size with nearest neighbours) must be given.
+
+    Args:
+        score: ``score(images, src) -> (rows,)``: the target score of a chunk of variant
+            images; ``src`` holds the example index of each row (to pick targets and
+            additional forward arguments).
+        inputs: ``(B, C, H, W)`` images.
+        hidden: ``(B, V, P)`` bool patch masks (``P = h * w``, row-major patch grid).
+        valid: ``(B, V)`` bool, the variants to evaluate (default: all).
+        vision: Vision tower, attention mode.
+        fill: ``(B, C, H, W)`` (or broadcastable) replacement pixels, pixel mode.
+        grid: ``(h, w)`` of the patch grid, pixel mode (default: square).
+        internal_batch_size: Rows per forward (None: all at once).
+        show_progress: tqdm bar over the chunks.
+
+    Returns:
+        ``(B, V)`` float32 scores, NaN where ``valid`` is False.
+    """
+    if (vision is None) == (fill is None):
+        raise ValueError("give exactly one of vision (attention mode) and fill (pixel mode)")
+    b, v, p = hidden.shape
+    if valid is None:
+        valid = torch.ones(b, v, dtype=torch.bool, device=hidden.device)
+    src, var = valid.nonzero(as_tuple=True)  # image-major row order
+    rows_hidden = hidden[src, var].to(inputs.device)
+    src = src.to(inputs.device)
+    n = src.shape[0]
+    step = max(n, 1) if internal_batch_size is None else internal_batch_size
+    values = torch.empty(n, device=inputs.device)
+    if fill is not None:
+        grid = _grid(p, grid)
+        fill = torch.broadcast_to(fill, inputs.shape)
+    for start in tqdm(range(0, n, step), desc="CCI", disable=not show_progress):
+        rows = slice(start, start + step)
+        idx = src[rows]
+        if fill is None:
+            with vision.hide_patches(rows_hidden[rows]):
+                values[rows] = score(inputs[idx], idx)
+        else:
+            m = rows_hidden[rows].reshape(-1, 1, *grid).to(inputs.dtype)
+            m = F.interpolate(m, size=inputs.shape[-2:], mode="nearest").bool()
+            values[rows] = score(torch.where(m, fill[idx], inputs[idx]), idx)
+    out = torch.full((b, v), float("nan"), device=inputs.device)
+    out[valid.to(inputs.device)] = values
+    return out
+
+
+def _grid(p: int, grid: tuple[int, int] | None) -> tuple[int, int]:
+    if grid is None:
+        side = int(round(p**0.5))
+        grid = (side, side)
+    if len(grid) != 2 or grid[0] * grid[1] != p:
+        raise ValueError(f"grid must be (h, w) with h * w = {p} patches, got {grid}")
+    return int(grid[0]), int(grid[1])

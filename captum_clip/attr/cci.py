@@ -266,10 +266,36 @@ class CCI(PerturbationAttribution):
         self, inputs, args, tgt, clusters, grid, baselines, ibs, show_progress
     ) -> list[Tensor]:
         """``(B, K_j)`` scores with each cluster hidden, every K in one chunked batch."""
-        b = inputs.shape[0]
         masks = [one_region_each(labels, k, n) for (labels, n), k in zip(clusters, self.n_clusters)]
         hidden = torch.cat([m[0] for m in masks], 1)
         valid = torch.cat([m[1] for m in masks], 1)
+        s = self._variant_scores(
+            inputs, args, tgt, hidden, valid, grid, baselines, ibs, show_progress
+        )
+        return list(s.split(list(self.n_clusters), 1))
+
+    def _variant_scores(
+        self,
+        inputs: Tensor,
+        args: tuple,
+        tgt: Tensor | None,
+        hidden: Tensor,
+        valid: Tensor,
+        grid: tuple[int, int],
+        baselines: Any = None,
+        ibs: int | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        """``(B, V)`` target scores of masked variants (NaN where not ``valid``).
+
+        Args:
+            hidden: ``(B, V, P)`` bool patch masks (see
+                :func:`~captum_clip.attr._region_scores.region_hidden` for region sets).
+            valid: ``(B, V)`` bool, the variants to run.
+            grid: ``(h, w)`` patch grid of ``hidden`` (pixel mode).
+            Others: as in :meth:`attribute`; ``tgt`` from :meth:`_targets`.
+        """
+        b = inputs.shape[0]
 
         def score(images: Tensor, src: Tensor) -> Tensor:
             out = self.forward_func(images, *_rows_of(args, src, b))
@@ -280,7 +306,7 @@ class CCI(PerturbationAttribution):
         else:
             fill = make_baseline(0.0 if baselines is None else baselines, inputs)
             kw = {"fill": fill, "grid": grid}
-        s = variant_scores(
+        return variant_scores(
             score,
             inputs,
             hidden,
@@ -289,7 +315,6 @@ class CCI(PerturbationAttribution):
             show_progress=show_progress,
             **kw,
         )
-        return list(s.split(list(self.n_clusters), 1))
 
     def _weights(self, deltas: Tensor) -> Tensor:
         if self.normalize is None:

@@ -301,18 +301,9 @@ def _attribute(method: Any, x: Tensor, target: Tensor) -> Tensor:
 
 
 def _default_method(forward_func: Callable) -> Any:
-    try:
-        from captum_clip.attr.cci import CCI
-    except ImportError as err:  # pragma: no cover - depends on the attr package
-        raise ValueError(
-            "no attributions= and no method= given, and captum_clip.attr.CCI is unavailable"
-        ) from err
-    vision = getattr(forward_func, "vision", None)
-    if vision is None:
-        return CCI(forward_func, n_clusters=7)
-    h, w = vision.grid_size  # K = 7, or fewer on a tiny patch grid
-    mode = "attention" if vision.is_vit else "pixel"  # pixel masking for CNN towers
-    return CCI(forward_func, n_clusters=min(7, h * w), mask_mode=mode)
+    from captum_clip.attr.cci import CCI
+
+    return CCI.default_for(forward_func)
 
 
 # ----------------------------------------------------------------------- main entry
@@ -348,9 +339,8 @@ def diagnose(
         attributions: Precomputed attributions for the ``target`` classes, ``(B, C, H, W)``,
             ``(B, 1, H, W)`` or ``(B, H, W)``. If ``None`` they are computed with ``method``.
         method: A Captum attribution object (``.attribute(x, target=t)``) or a callable
-            ``(x, target) -> attributions``; default :class:`captum_clip.attr.cci.CCI` with
-            ``n_clusters=7`` (at most the number of patches) on ``forward_func``
-            (attention masking for ViTs, pixel masking for ResNet towers).
+            ``(x, target) -> attributions``; default
+            :meth:`CCI.default_for(forward_func) <captum_clip.attr.cci.CCI.default_for>`.
         target: Class to analyse: ``"pred"`` (predicted class, default), ``"label"``, or
             class indices (int or ``(B,)``).
         tau: Foreground threshold on ``fg_share`` in ``[0, 1]``.

@@ -262,7 +262,7 @@ class SamMasker:
         classifier: A :class:`~captum_clip.models.ClipClassifier` for the CCI-box fallback.
         multimask_output: Let SAM propose 3 masks per box and keep the best-scored one.
         mean, std: Normalisation of the images (``mean=None``: images are in ``[0, 1]``).
-        cci_kwargs: Extra arguments of :class:`captum_clip.attr.CCI` (default K=7).
+        cci_kwargs: Arguments of :meth:`captum_clip.attr.CCI.default_for`.
     """
 
     def __init__(
@@ -294,7 +294,7 @@ class SamMasker:
         self.classifier = classifier
         self.multimask_output = bool(multimask_output)
         self.mean, self.std = mean, std
-        self.cci_kwargs = {"n_clusters": 7, **(cci_kwargs or {})}
+        self.cci_kwargs = dict(cci_kwargs or {})
 
     def cci_boxes(self, images: Tensor, class_names: Sequence[str] | None) -> Tensor:
         """Boxes ``(B, 4)`` of the top CCI cluster of ``classifier`` (the heuristic)."""
@@ -313,7 +313,7 @@ class SamMasker:
                     f"class names {unknown} are not classes of the classifier ({known})"
                 )
             target = torch.tensor([known.index(c) for c in class_names], device=images.device)
-        attr = CCI(self.classifier, **self.cci_kwargs).attribute(images, target=target)
+        attr = CCI.default_for(self.classifier, **self.cci_kwargs).attribute(images, target=target)
         return boxes_from_attributions(attr)
 
     def boxes(

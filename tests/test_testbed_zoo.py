@@ -95,6 +95,33 @@ def test_zero_shot_head_agrees_with_evaluate(bundled):
     assert (logits.argmax(1) == s.labels).float().mean() >= 0.85
 
 
+def test_zero_shot_head_is_a_clip_classifier_accepted_by_cci_and_diagnose(bundled):
+    """The model card's head is the ClipClassifier of load_clip("testbed"): same logits,
+    and CCI / diagnose take it (they refused it when it was a bare nn.Module)."""
+    from captum_clip import ClipClassifier, load_clip
+    from captum_clip.attr import CCI
+    from captum_clip.diagnosis import diagnose
+
+    model, _, tok = bundled["default"]
+    head = zoo.ZeroShotHead(model, tok)
+    loaded = load_clip("testbed")
+    clf = ClipClassifier(
+        loaded.model, loaded.tokenizer, list(shapes.CLASS_NAMES),
+        templates=["a photo of {}"], logit_scale=100.0,
+    )  # fmt: skip
+    s = shapes.generate_scenes(4, seed=9)
+    x = shapes.normalize(s.images)
+    torch.testing.assert_close(head(x), clf(x), rtol=1e-5, atol=1e-5)
+    assert head.text_features is head.text_embeddings
+    a = CCI(head, n_clusters=3).attribute(x, target=s.labels)
+    b = CCI(clf, n_clusters=3).attribute(x, target=s.labels)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    d = diagnose(head, x, s.masks, s.labels, attributions=a)
+    assert d.table["pred_name"].tolist() == [shapes.CLASS_NAMES[i] for i in head(x).argmax(1)]
+    with pytest.raises(ValueError, match="pattern"):
+        zoo.ZeroShotHead(model, tok, templates=["a photo of {}"])
+
+
 def test_causal_labels_separate_the_bundled_models(bundled):
     """Shortcut model: background-driven far more often than the no-shortcut model."""
     s = shapes.generate_scenes(96, seed=77, rho=1.0)  # aligned scenes

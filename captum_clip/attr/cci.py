@@ -41,6 +41,8 @@ MASK_MODES = ("attention", "pixel")
 NORMALIZATIONS = ("abs", "sum", None)
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 SCORES = ("logit", "prob")
+DEFAULT_N_CLUSTERS = 7
+"""K of :meth:`CCI.default_for`, the CCI that ``diagnose``, COVAR and the CLI use."""
 
 
 @dataclass
@@ -144,7 +146,7 @@ class CCI(PerturbationAttribution):
         forward_func: Callable,
         vision_model: Any = None,
         layer: int = -1,
-        n_clusters: int | Sequence[int] = 7,
+        n_clusters: int | Sequence[int] = DEFAULT_N_CLUSTERS,
         mask_mode: str = "attention",
         normalize: str | None = "abs",
         upsample: str = "nearest",
@@ -187,6 +189,32 @@ class CCI(PerturbationAttribution):
         self.clusterer = clusterer
         self.random_state = random_state
         self.score = score
+
+    @classmethod
+    def default_for(
+        cls, forward_func: Callable, n_clusters: int = DEFAULT_N_CLUSTERS, **kwargs: Any
+    ) -> CCI:
+        """The default CCI of a classifier (the one constructor ``diagnose``, COVAR and the
+        CLI use).
+
+        K is ``n_clusters`` capped at the number of cells of the tower's feature grid
+        (patches of a ViT); the masking is ``"attention"`` on a ViT tower and ``"pixel"``
+        otherwise (ResNet CLIPs).
+
+        Args:
+            forward_func: A ``ClipClassifier`` / ``ClipSimilarity`` (or any callable, with
+                ``vision_model=`` in ``kwargs``).
+            n_clusters: The requested K.
+            **kwargs: Other arguments of :class:`CCI` (they override the defaults).
+        """
+        vision = resolve_tower(forward_func, kwargs.get("vision_model"))
+        k = _check_n_clusters(n_clusters)[0]
+        try:
+            k = min(k, vision.n_patches)
+        except NotImplementedError:  # a tower without a known feature grid
+            pass
+        kwargs.setdefault("mask_mode", "attention" if vision.is_vit else "pixel")
+        return cls(forward_func, n_clusters=k, **kwargs)
 
     @property
     def multiplies_by_inputs(self) -> bool:

@@ -58,12 +58,10 @@ def add_sam_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def default_method(clf: Any, n_clusters: int) -> Any:
-    """CCI with ``K = n_clusters`` (attention masks on ViTs, pixel masks otherwise)."""
+    """:meth:`CCI.default_for <captum_clip.attr.cci.CCI.default_for>` with ``K = n_clusters``."""
     from captum_clip.attr.cci import CCI
 
-    vit = clf.vision.is_vit
-    k = min(n_clusters, clf.vision.n_patches) if vit else n_clusters
-    return CCI(clf, n_clusters=k, mask_mode="attention" if vit else "pixel")
+    return CCI.default_for(clf, n_clusters)
 
 
 def sam_masker(args: argparse.Namespace, clf: Any, device: Any) -> Any:

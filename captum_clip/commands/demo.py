@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     target = scenes.labels
     with torch.no_grad():
         probs = clf(x).softmax(1)
-    cci_attr, res = CCI(clf, n_clusters=args.n_clusters).attribute(
+    cci_attr, res = CCI.default_for(clf, args.n_clusters).attribute(
         x, target=target, return_clusters=True
     )
     gc_attr = vit_gradcam(clf, x, target=target)

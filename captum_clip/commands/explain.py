@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"explaining {kind} class {labels[target]!r} with {args.method}")
     clusters = None
     if args.method == "cci":
-        mode = args.mask_mode or ("attention" if clf.vision.is_vit else "pixel")
-        attr, res = CCI(clf, n_clusters=args.n_clusters, mask_mode=mode).attribute(
+        mode = {"mask_mode": args.mask_mode} if args.mask_mode else {}
+        attr, res = CCI.default_for(clf, args.n_clusters, **mode).attribute(
             x, target=target, return_clusters=True
         )
         clusters = (res.labels[0].cpu(), res.weights[0].cpu())

@@ -140,9 +140,7 @@ def _method(classifier: Any, n_clusters: int, attribution: Any) -> Any:
         return attribution(classifier) if isinstance(attribution, type) else attribution
     from captum_clip.attr.cci import CCI
 
-    mode = "attention" if classifier.vision.is_vit else "pixel"
-    k = min(n_clusters, classifier.vision.n_patches) if mode == "attention" else n_clusters
-    return CCI(classifier, n_clusters=k, mask_mode=mode)
+    return CCI.default_for(classifier, n_clusters)
 
 
 def _evaluate_model(

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from captum_clip.testbed.shapes import normalize
+from captum_clip.models import ClipClassifier
+from captum_clip.testbed.shapes import CLASS_NAMES, PROMPT_TEMPLATE, normalize
 from captum_clip.testbed.tokenizer import TestbedTokenizer
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -176,36 +177,37 @@ def load_testbed(
     return model, preprocess, build_tokenizer(cfg)
 
 
-class ZeroShotHead(torch.nn.Module):
-    """Zero-shot pattern classifier: normalised images ``(B, 3, H, W)`` → ``(B, 6)`` logits.
+class ZeroShotHead(ClipClassifier):
+    """The testbed's zero-shot classifier: a :class:`~captum_clip.models.ClipClassifier`.
 
-    Logits are ``100 * cos(image, class prompt)`` with the class prompts of
-    :func:`captum_clip.testbed.shapes.class_prompts` (averaged over ``templates``). The
-    class text embeddings are computed once at construction.
+    Normalised images ``(B, 3, H, W)`` → ``(B, 6)`` logits ``100 * cos(image, class
+    prompt)`` with the class prompts of :func:`captum_clip.testbed.shapes.class_prompts`
+    (averaged over ``templates``). Being a ``ClipClassifier``, it is accepted by CCI,
+    ``diagnose`` and every attribution method; it is the same as
+    ``ClipClassifier(model, tokenizer, CLASS_NAMES, templates=["a photo of {}"],
+    logit_scale=100.0)``.
 
     Args:
         model: A testbed (or any open_clip) ``CLIP`` model.
         tokenizer: Its tokenizer.
-        templates: Prompt templates with a ``{pattern}`` field.
+        templates: Prompt templates with a ``{pattern}`` field (default
+            :data:`~captum_clip.testbed.shapes.PROMPT_TEMPLATE`).
     """
 
     def __init__(self, model: CLIP, tokenizer, templates: tuple[str, ...] | None = None) -> None:
-        super().__init__()
-        from captum_clip.testbed.shapes import PROMPT_TEMPLATE, class_prompts
-
-        self.model = model
         templates = (PROMPT_TEMPLATE,) if templates is None else tuple(templates)
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            feats = [
-                F.normalize(
-                    model.encode_text(tokenizer(class_prompts(t)).to(device)).float(), dim=-1
-                )
-                for t in templates
-            ]
-        self.register_buffer("text_features", F.normalize(torch.stack(feats).mean(0), dim=-1))
+        for t in templates:
+            if not isinstance(t, str) or "{pattern}" not in t:
+                raise ValueError(f"each template needs a '{{pattern}}' field, got {t!r}")
+        super().__init__(
+            model,
+            tokenizer,
+            list(CLASS_NAMES),
+            templates=[t.format(pattern="{}") for t in templates],
+            logit_scale=100.0,
+        )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, n_classes)`` logits for normalised images."""
-        img = F.normalize(self.model.encode_image(images).float(), dim=-1)
-        return 100.0 * img @ self.text_features.t()
+    @property
+    def text_features(self) -> torch.Tensor:
+        """The class text embeddings ``(6, D)`` (former name of ``text_embeddings``)."""
+        return self.text_embeddings

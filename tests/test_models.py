@@ -222,7 +222,7 @@ def test_load_clip_offline_download_fails_clearly(no_network):
         guard.expected = False
 
 
-def test_load_clip_local_checkpoint_roundtrip(tmp_path):
+def test_load_clip_local_checkpoint_roundtrip(tmp_path, monkeypatch):
     import json
 
     cfg_dir = tmp_path / "cfg"
@@ -232,7 +232,12 @@ def test_load_clip_local_checkpoint_roundtrip(tmp_path):
     reference = open_clip.create_model("tiny-test-vit", pretrained=None).eval()
     path = tmp_path / "weights.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in reference.state_dict().items()}}, path)
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
     model, preprocess, tok = load_clip("tiny-test-vit", checkpoint=path)
+    assert [str(p) for p in reads] == [str(path)]  # the file is read once
+    monkeypatch.setattr(torch, "load", real_load)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(x), reference.encode_image(x))

@@ -67,6 +67,15 @@ class VisionTower:
         return [self.module]
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the tower's weights (images are cast to it, see
+        :func:`captum_clip._validate.check_images`); float32 for a tower without any."""
+        for p in self.module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
+    @property
     def heads(self) -> int:
         raise ValueError(f"{type(self.module).__name__} is not a transformer vision tower")
 
@@ -305,11 +314,16 @@ class TextTower:
 
     Declared contract (callers use nothing else): :meth:`attention_mask` (the additive mask
     the blocks use), :meth:`pool_index`, :meth:`token_head` (the pooled head), :meth:`head`,
-    :meth:`block_view`, ``blocks`` and ``context_length``.
+    :meth:`block_view`, ``blocks``, ``context_length`` and ``vocab_size``.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the embedding knows (valid ids are ``0 .. vocab_size - 1``)."""
+        raise NotImplementedError
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -375,6 +389,10 @@ class OpenClipText(TextTower):
     @property
     def context_length(self) -> int:
         return int(self.t.positional_embedding.shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.t.token_embedding.num_embeddings)
 
     @property
     def _pool_type(self) -> str:

@@ -7,7 +7,13 @@ The ``target`` argument (documented once, here; every ``attribute`` refers to it
     The output index whose score is explained: an ``int`` (the same for every example), a
     sequence of ``B`` ints or an integer tensor (a scalar or ``(B,)``), one per example.
     It may be omitted (None) only when ``forward_func`` returns one score per example.
-    Each index must lie in ``[0, n_outputs - 1]``.
+    Each index must lie in ``[0, n_outputs - 1]``; negative indices are refused even when
+    ``n_outputs`` is not known yet (no Python-style ``-1`` = last class).
+
+The ``images`` / ``inputs`` argument: a preprocessed ``(B, 3, H, W)`` floating tensor at the
+model's size, without NaN/inf. Its floating dtype may differ from the model's: the images are
+cast to the model's dtype (float64 or float16 images work with a float32 model), and
+attributions come back in the dtype of the inputs that were passed.
 """
 
 from __future__ import annotations
@@ -25,14 +31,24 @@ def check_images(
     image_size: tuple[int, int] | None = None,
     name: str = "images",
     channels: int | None = 3,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Validate a non-empty ``(B, C, H, W)`` floating tensor without NaN/inf and return it.
+
+    The dtype rule: any floating dtype is accepted, and with ``dtype`` given (the model's,
+    :attr:`VisionTower.dtype`) the images are cast to it — float64 or float16 images work
+    with a float32 model. The cast is differentiable (gradients reach the caller's tensor in
+    its own dtype) and attributions keep the dtype of the inputs the caller passed.
 
     Args:
         images: The tensor to check.
         image_size: ``(H, W)`` the model expects (None: any).
         name: Argument name used in the messages.
         channels: Required ``C`` (None: any).
+        dtype: Cast to this floating dtype (None: keep the images' dtype).
+
+    Returns:
+        ``images``, or their cast to ``dtype``.
     """
     c = "C" if channels is None else str(channels)
     if not isinstance(images, Tensor):
@@ -54,6 +70,16 @@ def check_images(
         )
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+    if dtype is not None and images.dtype != dtype:
+        if not dtype.is_floating_point:
+            raise TypeError(f"the model's dtype must be floating, got {dtype}")
+        given = images.dtype
+        images = images.to(dtype)
+        if not torch.isfinite(images).all():
+            raise ValueError(
+                f"{name} has values outside the range of the model's dtype {dtype} "
+                f"(cast from {given}); are they preprocessed?"
+            )
     return images
 
 
@@ -104,6 +130,9 @@ def check_target(
         t = t.expand(batch)
     if t.numel() != batch:
         raise ValueError(f"{name} must have one entry per example ({batch}), got {t.numel()}")
+    if n_outputs is None and (t < 0).any():
+        got = t.unique().tolist()[:10] if batch > 1 else int(t[0])
+        raise ValueError(f"{name} must be >= 0 (an output index), got {got}")
     if n_outputs is not None and ((t < 0).any() or (t >= n_outputs).any()):
         got = t.unique().tolist()[:10] if batch > 1 else int(t[0])
         raise ValueError(

@@ -144,6 +144,10 @@ class HFClipText(TextTower):
     def context_length(self) -> int:
         return int(self.model.config.text_config.max_position_embeddings)
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.t.embeddings.token_embedding.num_embeddings)
+
     def embed(self, ids: Tensor) -> Tensor:
         return self.t.embeddings(input_ids=ids)
 

@@ -141,7 +141,7 @@ class _ClipHead(nn.Module):
         return F.normalize(self.adapter.encode_text(ids).float(), dim=-1)
 
     def _image_features(self, images: Tensor) -> Tensor:
-        check_images(images, self.image_size)
+        images = check_images(images, self.image_size, dtype=self.adapter.vision.dtype)
         return F.normalize(self.adapter.encode_image(images).float(), dim=-1)
 
 

@@ -44,7 +44,9 @@ def test_matches_hand_gradcam(kind, layer, tokenizer):
     assert gc.layer == block
     expected = hand_gradcam(head, x, target, block)
     assert expected.abs().sum() > 0  # not a degenerate all-zero map
-    torch.testing.assert_close(gc.patch_maps(x, target=target)[:, None], expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        gc.patch_maps(x, target=target)[:, None], expected, rtol=1e-4, atol=1e-6
+    )
     full = vit_gradcam(head, x, target=target, layer=layer)
     up = F.interpolate(expected, size=(32, 32), mode="bilinear", align_corners=False)
     assert full.shape == x.shape

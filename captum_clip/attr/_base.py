@@ -148,7 +148,7 @@ class PatchMapAttribution(Attribution):
         show_progress: bool = False,
     ) -> Tensor:
         """The maps on the ``(h, w)`` patch grid, ``(B, h, w)`` (arguments as :meth:`attribute`)."""
-        inputs = check_images(inputs, self.tower.image_size, name="inputs")
+        inputs = check_images(inputs, self.tower.image_size, name="inputs", dtype=self.tower.dtype)
         batch = inputs.shape[0]
         slices = split_batches(batch, internal_batch_size)
         if additional_forward_args is not None and not self.calls_forward:

@@ -122,7 +122,7 @@ class ClipImageEncoder(TokenEncoder):
         self.n_blocks = tower.n_blocks
 
     def prepare(self, inputs: Any) -> Tensor:
-        return check_images(inputs, self.tower.image_size)
+        return check_images(inputs, self.tower.image_size, dtype=self.tower.dtype)
 
     def baseline(self, inputs: Tensor, spec: Any) -> Tensor:
         if isinstance(spec, str):
@@ -191,7 +191,7 @@ class ClipTextEncoder(TokenEncoder):
                     f"token ids have length {ids.shape[1]}, more than the model's context "
                     f"length {self.context_length}"
                 )
-            return ids.long().to(device)
+            return self._check_vocab(ids, "token ids").long().to(device)
         if self.tokenizer is None:
             raise ValueError("texts are strings but no tokenizer was given; pass tokenizer=")
         if not isinstance(inputs, (list, tuple)):
@@ -205,7 +205,7 @@ class ClipTextEncoder(TokenEncoder):
                 f"the tokenizer made {ids.shape[1]} tokens, more than the model's context "
                 f"length {self.context_length}"
             )
-        return ids
+        return self._check_vocab(ids, "the tokenizer's ids (is it the model's tokenizer?)")
 
     def _check_length(self, texts: Any) -> None:
         """open_clip's tokenizers truncate silently; refuse captions that do not fit."""
@@ -230,12 +230,24 @@ class ClipTextEncoder(TokenEncoder):
                     return value
         return 0
 
+    def _check_vocab(self, ids: Tensor, name: str) -> Tensor:
+        n = self.tower.vocab_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+            bad = ids[(ids < 0) | (ids >= n)].unique().tolist()[:5]
+            raise ValueError(
+                f"{name} must be in [0, {n - 1}] (the model's vocabulary of {n} tokens), got {bad}"
+            )
+        return ids
+
     def baseline(self, inputs: Tensor, spec: Any) -> Tensor:
         if spec is not None:
-            ref = _user_baseline(inputs, spec)
-            if ref.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"text_baseline must hold integer token ids, got {ref.dtype}")
-            return ref.long()
+            raw = spec(inputs) if callable(spec) else spec
+            # checked before any cast: a float tensor is not silently truncated to ids
+            if isinstance(raw, Tensor) and raw.dtype not in (torch.int64, torch.int32):
+                raise TypeError(
+                    f"text_baseline must hold integer token ids (int64 or int32), got {raw.dtype}"
+                )
+            return self._check_vocab(_user_baseline(inputs, raw), "text_baseline").long()
         ref = inputs.clone()
         pool = self.tower.pool_index(inputs)
         for b, c in enumerate(pool.tolist()):

@@ -391,7 +391,8 @@ class CCI(PerturbationAttribution):
                 raise ValueError(f"CCI takes one image tensor, got a tuple of {len(inputs)}")
             inputs = inputs[0]
         size = self.vision.image_size if self.vision.is_vit else None
-        inputs = check_images(inputs, size, "inputs")
+        given_dtype = inputs.dtype if isinstance(inputs, torch.Tensor) else None
+        inputs = check_images(inputs, size, "inputs", dtype=self.vision.dtype)
         check_batch_size(internal_batch_size)
         if baselines is not None and self.mask_mode == "attention":
             raise ValueError("baselines are only used with mask_mode='pixel'")
@@ -414,7 +415,7 @@ class CCI(PerturbationAttribution):
             kw = {} if self.upsample == "nearest" else {"align_corners": False}
             patch = res.patch_map()[:, None].float()
             maps += F.interpolate(patch, size=inputs.shape[-2:], mode=self.upsample, **kw)
-        attributions = (maps / len(results)).expand_as(inputs).to(inputs.dtype).contiguous()
+        attributions = (maps / len(results)).expand_as(inputs).to(given_dtype).contiguous()
         if is_tuple:
             attributions = (attributions,)
         if not return_clusters:

@@ -35,6 +35,7 @@ from captum.attr import LayerGradCam
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager
+from captum_clip._validate import check_target
 from captum_clip.attr._base import UPSAMPLE_MODES, PatchMapAttribution
 
 __all__ = ["ViTGradCam", "vit_gradcam"]
@@ -113,7 +114,25 @@ class ViTGradCam(PatchMapAttribution):
     ) -> Tensor:
         """``ReLU(sum_d mean-gradient_d * activation_d)`` on the ``(h, w)`` grid."""
         hooks.forward(self.block, self._hook)
-        cam = LayerGradCam(self.forward_func, self._grid).attribute(
+        forward_func = self.forward_func
+
+        def checked(x: Tensor, *rest: Any) -> Tensor:
+            # the output is checked here, before Captum sees it: no Captum assert (which
+            # `python -O` would drop) is reachable with a bad target or output
+            out = forward_func(x, *rest)
+            if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != len(x):
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise ValueError(
+                    f"forward_func must return a (B,) or (B, n_outputs) tensor for B={len(x)}, "
+                    f"got {got}"
+                )
+            out = out[:, None] if out.ndim == 1 else out
+            check_target(target, len(x), out.shape[1])
+            return out
+
+        if target is not None:
+            target = target.to(images.device)
+        cam = LayerGradCam(checked, self._grid).attribute(
             images,
             target=target,
             additional_forward_args=args or None,

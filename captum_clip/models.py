@@ -29,6 +29,7 @@ __all__ = [
     "ClipSimilarity",
     "LoadedClip",
     "ModelLoadError",
+    "check_context_length",
     "check_images",
     "load_clip",
     "resolve_tower",
@@ -91,6 +92,44 @@ def tokenize(tokenizer: Callable, texts: str | Sequence[str], device: Any = None
     return ids.long().to(device) if device is not None else ids.long()
 
 
+def _n_tokens(tokenizer: Callable, text: str) -> int | None:
+    """Tokens of ``text`` before padding or truncation, where the tokenizer can say."""
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
+        return len(tokenizer.encode(text)) + 2  # open_clip SimpleTokenizer: + <sot>, <eot>
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and callable(inner) and not hasattr(tokenizer, "encode"):
+        out = inner(text)  # Hugging Face tokenizers (open_clip's HFTokenizer wrapper, ours)
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "input_ids") else None
+        if isinstance(ids, list):
+            return len(ids)
+    return None  # the testbed tokenizer refuses long texts itself
+
+
+def check_context_length(
+    tokenizer: Callable, texts: Sequence[str], context_length: int, what: str = "caption"
+) -> None:
+    """Refuse texts longer than the model's context length (the one documented behaviour).
+
+    open_clip's tokenizers cut long texts silently (a 184-token caption would score like
+    its first 77 tokens); :class:`ClipClassifier`, :class:`ClipSimilarity` and
+    ``IntegratedInteractions`` all refuse them instead, through this check.
+
+    Raises:
+        ValueError: Names the first text that does not fit, its token count and the
+            context length.
+    """
+    for t in texts:
+        if not isinstance(t, str):
+            continue
+        n = _n_tokens(tokenizer, t)
+        if n is not None and n > context_length:
+            shown = t if len(t) <= 120 else t[:117] + "..."
+            raise ValueError(
+                f"{what} {shown!r} needs {n} tokens, more than the model's context length "
+                f"{context_length}; shorten it (it is refused rather than silently cut)"
+            )
+
+
 def token_strings(tokenizer: Callable, ids: Sequence[int]) -> list[str]:
     """Human-readable token strings for one row of token ids."""
     ids = [int(i) for i in ids]
@@ -135,10 +174,20 @@ class _ClipHead(nn.Module):
             return None
 
     @torch.no_grad()
-    def _embed_texts(self, texts: Sequence[str]) -> Tensor:
+    def _embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """Normalised embeddings of ``texts`` (refused when longer than the context)."""
         device = _device_of(self.model)
         ids = tokenize(self.tokenizer, texts, device)
-        return F.normalize(self.adapter.encode_text(ids).float(), dim=-1)
+        context = getattr(self.adapter.text, "context_length", None)
+        if context is not None:
+            check_context_length(self.tokenizer, list(texts), int(context))
+            if ids.shape[1] > context:
+                raise ValueError(
+                    f"the tokenizer made {ids.shape[1]} tokens per text, more than the "
+                    f"model's context length {context}"
+                )
+        out = [self.adapter.encode_text(c).float() for c in ids.split(batch_size)]
+        return F.normalize(torch.cat(out), dim=-1)
 
     def _image_features(self, images: Tensor) -> Tensor:
         images = check_images(images, self.image_size, dtype=self.adapter.vision.dtype)

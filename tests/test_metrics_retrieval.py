@@ -142,3 +142,52 @@ def test_retrieval_bad_inputs():
         retrieval_curve(encoder, images, attributions, texts, t2i, n_steps=2, direction="both")
     with pytest.raises(ValueError, match="mode"):
         retrieval_curve(encoder, images, attributions, texts, t2i, n_steps=2, mode="flip")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(direction="images"), ValueError, r"direction must be 'image' .* got 'images'"),
+        (dict(direction="IR"), ValueError, "direction must be"),
+        (
+            dict(ks=(0,)),
+            ValueError,
+            r"ks must be a non-empty sequence of positive ints, got \(0,\)",
+        ),
+        (dict(ks=()), ValueError, "ks must be a non-empty"),
+        (dict(ks=5), ValueError, "ks must be a non-empty sequence"),
+        (dict(ks=(1.0,)), ValueError, "ks must be"),
+        (dict(ks=(True,)), ValueError, "ks must be"),
+        (dict(t2i=torch.tensor([0, 1, 3])), ValueError, r"must lie in \[0, 2\] .* got 3"),
+        (dict(t2i=torch.tensor([0, -1, 2])), ValueError, r"must lie in \[0, 2\] .* got -1"),
+        (dict(t2i=torch.tensor([0, 1])), ValueError, "tensor of 3 image indices"),
+        (dict(t2i=[0, 1, 2]), ValueError, "tensor of 3 image indices"),
+        (dict(t2i=torch.tensor([0.0, 1.0, 2.0])), TypeError, "must hold integers"),
+        (dict(img=torch.eye(3)[:, :2]), ValueError, "D=3 but image_embeddings D=2"),
+        (dict(img=torch.zeros(0, 3)), ValueError, "image_embeddings is empty"),
+        (dict(img=torch.eye(3)[0]), ValueError, r"image_embeddings must be an \(N, D\)"),
+        (dict(txt=torch.zeros(0, 3), t2i=torch.zeros(0, dtype=torch.long)), ValueError, "empty"),
+        (dict(tie_tolerance=-1.0), ValueError, "tie_tolerance"),
+    ],
+)
+def test_recall_at_k_validates(kwargs, error, match):
+    img, txt, t2i = torch.eye(3), torch.eye(3), torch.arange(3)
+    args = dict(img=img, txt=txt, t2i=t2i) | {
+        k: kwargs.pop(k) for k in ("img", "txt", "t2i") if k in kwargs
+    }
+    with pytest.raises(error, match=match):
+        recall_at_k(args["img"], args["txt"], args["t2i"], **kwargs)
+
+
+def test_recall_at_k_tie_tolerance():
+    """Two images 1e-8 apart are tied (recall@1 = 1/2 each), not ordered by float noise."""
+    img = torch.tensor([[1.0, 0.0], [1.0, 1e-8]])
+    txt = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    t2i = torch.tensor([0, 1])
+    assert recall_at_k(img, txt, t2i, ks=(1,))[1].item() == pytest.approx(0.5)
+    assert recall_at_k(img, txt, t2i, ks=(1, 2), direction="text")[1].item() == pytest.approx(0.5)
+    # 5e-7 apart: a tie by default, an order with exact comparison
+    img2 = torch.tensor([[1.0, 0.0], [1.0, 1e-3]])
+    both0 = torch.tensor([0, 0])
+    assert recall_at_k(img2, txt, both0, ks=(1,))[1].item() == pytest.approx(0.5)
+    assert recall_at_k(img2, txt, both0, ks=(1,), tie_tolerance=0.0)[1].item() == 1.0

@@ -252,3 +252,34 @@ def test_load_clip_local_checkpoint_roundtrip(tmp_path, monkeypatch):
     torch.save({"visual.nope": torch.zeros(1)}, bad)
     with pytest.raises(ModelLoadError, match="does not match"):
         load_clip("tiny-test-vit", checkpoint=bad)
+
+
+def test_captions_longer_than_the_context_are_refused_everywhere(tiny_vit, tokenizer):
+    """One behaviour: ClipSimilarity, ClipClassifier and IntegratedInteractions refuse it.
+
+    open_clip's tokenizer cuts silently: without the check the long caption would score
+    exactly like its first 16 tokens (shown below on the raw model).
+    """
+    from captum_clip.attr import IntegratedInteractions
+
+    long = "a photo of a " + "very " * 20 + "small dog"  # 30 tokens, context 16
+    n = len(tokenizer.encode(long)) + 2
+    with torch.no_grad():
+        cut = tiny_vit.encode_text(tokenizer([long]))
+        head = tiny_vit.encode_text(tokenizer(["a photo of a " + "very " * 10]))  # 16 tokens
+    torch.testing.assert_close(cut, head)  # what silent truncation would have scored
+    expected = (
+        rf"caption 'a photo of a very .*' needs {n} tokens, more than the model's context length 16"
+    )
+    with pytest.raises(ValueError, match=expected):
+        ClipSimilarity(tiny_vit, tokenizer, ["a dog", long])
+    with pytest.raises(ValueError, match=r"caption 'a photo of a very .*dog' needs 27 tokens.* 16"):
+        ClipClassifier(tiny_vit, tokenizer, ["cat", "very " * 20 + "dog"], ["a photo of a {}"])
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=expected):
+        IntegratedInteractions(tiny_vit, tokenizer).attribute(x, [long])
+    # exactly at the limit is fine, and scores like the full caption
+    fits = "a photo of a " + "very " * 10
+    assert len(tokenizer.encode(fits)) + 2 == 16
+    sim = ClipSimilarity(tiny_vit, tokenizer, [fits])
+    torch.testing.assert_close(sim.text_embeddings, F.normalize(head.float(), dim=-1))

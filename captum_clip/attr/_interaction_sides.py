@@ -17,7 +17,7 @@ from torch import Tensor
 
 from captum_clip._blocks import RowPath, row_path
 from captum_clip._validate import check_images
-from captum_clip.models import token_strings, tokenize
+from captum_clip.models import check_context_length, token_strings, tokenize
 
 __all__ = ["TokenEncoder", "ClipImageEncoder", "ClipTextEncoder", "layer_to_index"]
 
@@ -209,17 +209,7 @@ class ClipTextEncoder(TokenEncoder):
 
     def _check_length(self, texts: Any) -> None:
         """open_clip's tokenizers truncate silently; refuse captions that do not fit."""
-        tok = self.tokenizer
-        if not (hasattr(tok, "encode") and hasattr(tok, "sot_token_id")):
-            return
-        for t in texts:
-            if isinstance(t, str):
-                n = len(tok.encode(t)) + 2
-                if n > self.context_length:
-                    raise ValueError(
-                        f"caption {t[:40]!r}... needs {n} tokens, more than the model's "
-                        f"context length {self.context_length}"
-                    )
+        check_context_length(self.tokenizer, texts, self.context_length)
 
     def pad_id(self) -> int:
         tok = self.tokenizer

@@ -94,7 +94,7 @@ def add_parser(subparsers) -> None:
     p = _common.add_parser(
         subparsers, "faithfulness", help="benchmark attribution methods with faithfulness metrics"
     )
-    sub = p.add_subparsers(dest="faithfulness_command", metavar="{testbed,folder}")
+    sub = p.add_subparsers(dest="faithfulness_command", metavar="{testbed,folder,retrieval}")
     t = _common.add_parser(sub, "testbed", help="the testbed zoo (exact masks, causal labels)")
     t.add_argument("--variants", nargs="+", help="zoo variants (default: all available)")
     t.add_argument("--n", type=int, default=48, help="scenes per model")
@@ -119,7 +119,10 @@ def add_parser(subparsers) -> None:
     f.add_argument("--max-images", type=int, help="use at most this many images (default: all)")
     _shared_args(f)
     f.set_defaults(func=run_folder_command, chunk_size=8)
-    _common.require_subcommand(p, "testbed, folder")
+    from captum_clip.commands._faithfulness_retrieval import add_retrieval
+
+    add_retrieval(sub, METHOD_NAMES)
+    _common.require_subcommand(p, "testbed, folder, retrieval")
 
 
 def _settings(args: argparse.Namespace):

@@ -56,7 +56,15 @@ import pandas as pd
 
 from captum_clip._tables import find_table, read_table, slug, table_path, write_table
 
-__all__ = ["CorruptTableError", "OutputBusyError", "ResumableTable", "TableSchema"]
+__all__ = [
+    "CorruptTableError",
+    "OutputBusyError",
+    "ResumableTable",
+    "TableSchema",
+    "file_digest",
+    "folder_lock",
+    "group_dir_name",
+]
 
 _RUN_ID = f"{slug(socket.gethostname())[:20]}-{os.getpid()}-{secrets.token_hex(3)}"
 _COUNTER = itertools.count()
@@ -183,6 +191,57 @@ def _unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+@contextmanager
+def folder_lock(lock_path: str | os.PathLike, timeout: float = 600.0) -> Iterator[None]:
+    """Holds an exclusive lock on ``lock_path`` (created if needed) across processes.
+
+    ``fcntl.flock`` (``msvcrt.locking`` on Windows): the OS releases it when the process
+    dies, so a crash never leaves a stale lock. Not re-entrant: a second ``folder_lock`` on
+    the same file in the same process waits like another process would (use
+    :meth:`ResumableTable.lock` for a re-entrant one). On a file system without locks it
+    warns and goes on unlocked.
+
+    Raises:
+        OutputBusyError: Another holder kept it for more than ``timeout`` seconds.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        locked = _acquire(fd, lock_path, float(timeout))
+        try:
+            yield
+        finally:
+            if locked:
+                _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, lock_path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            if _try_lock(fd):
+                return True
+        except OSError as err:  # e.g. a file system without locks
+            warnings.warn(
+                f"cannot lock {str(lock_path)!r} ({err}); runs writing this folder at the "
+                "same time are not protected",
+                stacklevel=5,
+            )
+            return False
+        if time.monotonic() >= deadline:
+            raise OutputBusyError(
+                f"{str(lock_path.parent)!r} is in use by another process (lock "
+                f"{str(lock_path)!r} held for more than {timeout:g} s); wait for it to "
+                "finish or choose another output folder"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 class ResumableTable:
     """A result table in ``out_dir`` written in parts by any number of processes.
 
@@ -236,42 +295,12 @@ class ResumableTable:
             finally:
                 self._held.depth -= 1
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            locked = self._acquire(fd)
+        with folder_lock(self.lock_path, self.lock_timeout):
             self._held.depth = 1
             try:
                 yield
             finally:
                 self._held.depth = 0
-                if locked:
-                    _unlock(fd)
-        finally:
-            os.close(fd)
-
-    def _acquire(self, fd: int) -> bool:
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.01
-        while True:
-            try:
-                if _try_lock(fd):
-                    return True
-            except OSError as err:  # e.g. a file system without locks
-                warnings.warn(
-                    f"cannot lock {str(self.lock_path)!r} ({err}); runs writing this folder "
-                    "at the same time are not protected",
-                    stacklevel=4,
-                )
-                return False
-            if time.monotonic() >= deadline:
-                raise OutputBusyError(
-                    f"{str(self.out_dir)!r} is in use by another process (lock "
-                    f"{str(self.lock_path)!r} held for more than {self.lock_timeout:g} s); "
-                    "wait for it to finish or choose another output folder"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
     def part_files(self) -> list[Path]:
         """Parts not merged yet, sorted by path (temporary files excluded)."""

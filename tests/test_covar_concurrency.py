@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -192,3 +193,43 @@ def test_resume_checks_stored_parts(root, tmp_path, edit, message, capsys):
                      "--no-progress", "--no-plot"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(part) in err and "error:" in err
+
+
+def test_build_manifest_save_keeps_rows_another_builder_recorded(tmp_path):
+    """A slower builder's chunk save must not overwrite a fuller manifest on disk."""
+    build_mod = sys.modules["captum_clip.covar.build"]
+    inst = covar.testbed_instances(1, classes=["dots"], seed=0)
+    res = covar.build(tmp_path / "b", inst, covar.testbed_backgrounds(1, seed=0), size=64,
+                      object_size=None, show_progress=False)  # fmt: skip
+    full = res.manifest
+    path = find_table(tmp_path / "b", "manifest")
+    plan = full.drop(columns="mask_area")
+    done = np.zeros(len(plan), dtype=bool)
+    done[:3] = True
+    areas = np.where(done, full["mask_area"].to_numpy(), -1)
+    saved = build_mod._save_manifest(plan, areas, done, path)  # "its" view: 3 of 12 rows
+    pd.testing.assert_frame_equal(saved, full)
+    pd.testing.assert_frame_equal(read_table(path), full)
+    # a row whose files are gone is not taken from the other builder's manifest
+    (tmp_path / "b" / full["image_path"].iloc[5]).unlink()
+    saved = build_mod._save_manifest(plan, areas, done, path)
+    assert len(saved) == 11 and full["image_id"].iloc[5] not in set(saved["image_id"])
+
+
+def test_build_never_leaves_a_half_written_image(tmp_path, monkeypatch):
+    from PIL import Image
+
+    build_mod = sys.modules["captum_clip.covar.build"]
+    real_save = Image.Image.save
+
+    def crash(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        with open(fp, "r+b") as f:
+            f.truncate(10)  # half-written
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(Image.Image, "save", crash)
+    target = tmp_path / "x" / "img.png"
+    with pytest.raises(KeyboardInterrupt):
+        build_mod._save_png(np.zeros((8, 8, 3), dtype=np.uint8), target)
+    assert not target.exists() and list(target.parent.iterdir()) == []

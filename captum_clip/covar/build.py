@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from captum_clip._resumable import folder_lock
 from captum_clip._tables import find_table, read_table, slug, table_path, write_table
 from captum_clip.covar.sources import Background, Instance
 from captum_clip.covar.transforms import (
@@ -215,15 +217,16 @@ def build(
     root.mkdir(parents=True, exist_ok=True)
     settings = _settings(seed, size, object_size, transforms, class_names)
     settings_path = root / "covar.json"
-    if settings_path.is_file():
-        old = json.loads(settings_path.read_text())
-        if old != settings:
-            raise ValueError(
-                f"{str(root)!r} was built with other settings ({old}); expected {settings}. "
-                "Use a new folder (or delete it) to build with these settings."
-            )
-    else:
-        settings_path.write_text(json.dumps(settings, indent=1) + "\n")
+    with folder_lock(root / ".manifest.lock"):  # two new builds cannot both write settings
+        if settings_path.is_file():
+            old = json.loads(settings_path.read_text())
+            if old != settings:
+                raise ValueError(
+                    f"{str(root)!r} was built with other settings ({old}); expected "
+                    f"{settings}. Use a new folder (or delete it) to build with these settings."
+                )
+        else:
+            _atomic_write_text(settings_path, json.dumps(settings, indent=1) + "\n")
     plan = _plan(instances, backgrounds, transforms, class_names, seed)
     old_path = find_table(root, "manifest")
     done: dict[str, int] = {}
@@ -262,9 +265,7 @@ def build(
             canvases[row["background"]] = _background_canvas(by_bg[row["background"]], size)
         img = composite(fg, mask, canvases[row["background"]])
         for rel, arr in ((row["image_path"], img), (row["mask_path"], mask * np.uint8(255))):
-            path = root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(path)
+            _save_png(arr, root / rel)
         areas[k], is_done[k] = int(mask.sum()), True
         since_save += 1
         bar.update(1)
@@ -280,9 +281,45 @@ def build(
     return BuildResult(root, manifest, written=len(todo), skipped=int(len(plan) - len(todo)))
 
 
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    """Atomic PNG write: a crash or a second builder never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _save_manifest(
     plan: pd.DataFrame, areas: np.ndarray, is_done: np.ndarray, path: Path
 ) -> pd.DataFrame:
-    out = plan.assign(mask_area=areas)[is_done].reset_index(drop=True)
-    write_table(out, path)
+    """Writes the rows done here plus those another builder of the folder recorded meanwhile
+    (under the folder's lock), so concurrent builds never drop each other's rows."""
+    root = path.parent
+    with folder_lock(root / ".manifest.lock"):
+        done, areas = is_done.copy(), areas.copy()
+        on_disk = find_table(root, "manifest")
+        if on_disk is not None:
+            other = read_table(on_disk)
+            where = dict(zip(plan["image_id"], range(len(plan))))
+            for image_id, ipath, mpath, area in other[
+                ["image_id", "image_path", "mask_path", "mask_area"]
+            ].itertuples(index=False):
+                k = where.get(image_id)
+                if k is not None and not done[k]:
+                    if (root / ipath).is_file() and (root / mpath).is_file():
+                        done[k], areas[k] = True, int(area)
+        out = plan.assign(mask_area=areas)[done].reset_index(drop=True)
+        write_table(out, path)
     return out

@@ -12,7 +12,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from captum_clip._towers import OpenClipResNet, OpenClipText, OpenClipViT, TextTower, VisionTower
+from captum_clip._text_towers import OpenClipText, TextTower
+from captum_clip._towers import OpenClipResNet, OpenClipViT, VisionTower
 
 __all__ = ["ClipAdapter", "resolve_tower", "vision_tower"]
 
@@ -35,7 +36,7 @@ class ClipAdapter:
     Attributes:
         model: The wrapped model (unchanged).
         vision: A :class:`~captum_clip._towers.VisionTower` (patch grid, blocks, hidden states).
-        text: A :class:`~captum_clip._towers.TextTower`.
+        text: A :class:`~captum_clip._text_towers.TextTower`.
     """
 
     def __init__(self, model: nn.Module) -> None:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager
-from captum_clip._towers import TextTower, VisionTower, _check_index
+from captum_clip._text_towers import TextTower
+from captum_clip._towers import VisionTower, check_index
 
 __all__ = ["is_hf_clip", "HFClipVision", "HFClipText", "HFTokenizer"]
 
@@ -84,10 +85,10 @@ class HFClipVision(VisionTower):
         return self.token_head(x[:, 0])
 
     def hidden_state(self, images: Tensor, index: int) -> Tensor:
-        return self.run_blocks(self.embed(images), 0, _check_index(index, self.n_blocks, "index"))
+        return self.run_blocks(self.embed(images), 0, check_index(index, self.n_blocks, "index"))
 
     def from_hidden(self, x: Tensor, index: int) -> Tensor:
-        index = _check_index(index, self.n_blocks, "index")
+        index = check_index(index, self.n_blocks, "index")
         return self.head(self.run_blocks(x, index, self.n_blocks))
 
     def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:

@@ -69,14 +69,34 @@ class IntegratedInteractions(GradientAttribution):
         self.image_size = tuple(adapter.vision.image_size)
 
     @classmethod
-    def from_encoders(cls, text: TokenEncoder, image: TokenEncoder) -> IntegratedInteractions:
-        """Interactions of a custom dual encoder given as two :class:`TokenEncoder`."""
+    def from_encoders(
+        cls,
+        text: TokenEncoder,
+        image: TokenEncoder,
+        patch_grid: tuple[int, int] | None = None,
+    ) -> IntegratedInteractions:
+        """Interactions of a custom dual encoder given as two :class:`TokenEncoder`.
+
+        Args:
+            text, image: The two towers.
+            patch_grid: ``(h, w)``: the image's last ``h * w`` tokens are patches in
+                row-major order (earlier tokens, e.g. a CLS token, are a prefix). None:
+                every image token is a patch on a ``1 x L`` grid.
+        """
         for name, enc in (("text", text), ("image", image)):
             if not isinstance(enc, TokenEncoder):
                 raise TypeError(f"{name} must be a TokenEncoder, got {type(enc).__name__}")
+        if patch_grid is not None and (
+            not isinstance(patch_grid, (tuple, list))
+            or len(patch_grid) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch_grid)
+        ):
+            raise ValueError(
+                f"patch_grid must be a pair of positive ints (h, w), got {patch_grid!r}"
+            )
         self = cls.__new__(cls)
         self._setup(text, image, None)
-        self.patch_grid = None
+        self.patch_grid = None if patch_grid is None else tuple(patch_grid)
         self.image_size = None
         return self
 
@@ -246,6 +266,11 @@ class IntegratedInteractions(GradientAttribution):
         delta = a.sum((1, 2)) - (score - ref[:, 0] - ref[:, 1] + ref[:, 2])
         # custom encoders: every image token is a "patch" on a 1 x L grid
         grid = self.patch_grid if self.patch_grid is not None else (1, a.shape[2])
+        if grid[0] * grid[1] > a.shape[2]:
+            raise ValueError(
+                f"patch_grid {grid} has {grid[0] * grid[1]} patches but the image encoder "
+                f"gives {a.shape[2]} tokens"
+            )
         return InteractionResult(
             a, te.labels(ids), grid, score, delta, ref, self.image_size,
             n_prefix=a.shape[2] - grid[0] * grid[1],

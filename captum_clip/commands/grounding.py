@@ -11,48 +11,51 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from captum_clip.commands import _common
 
 FOLDER_COLUMNS = ("image", "caption", "mask", "object")
 OPTIONAL_COLUMNS = ("context", "attribute", "class", "unusual")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _shared(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (created if needed)")
-    p.add_argument("--n-steps", type=int, default=20, help="integration steps (default 20)")
+    p.add_argument("--n-steps", type=int, default=20, help="integration steps")
     p.add_argument("--text-layer", type=int, default=-1, help="0 = embeddings, -1 = last block")
     p.add_argument("--image-layer", type=int, default=-1, help="0 = embeddings, -1 = last block")
-    p.add_argument("--batch-size", type=int, default=16, help="pairs per pass (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, help="pairs per explain() call")
     p.add_argument("--examples", type=int, default=3, help="pairs in the example figure")
-    p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda'")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common.add_device_arg(p)
+    _common.add_progress_arg(p)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``grounding`` subcommand."""
-    p = subparsers.add_parser(
+    p = _common.add_parser(
+        subparsers,
         "grounding",
         help="per-word grounding of captions in object masks, per class, failure categories",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        description=__doc__.split("\n\n")[1],
     )
-    modes = p.add_subparsers(dest="mode", metavar="MODE", required=True)
-    t = modes.add_parser(
+    modes = p.add_subparsers(dest="mode", metavar="MODE")
+    t = _common.add_parser(
+        modes,
         "testbed",
-        help="testbed scenes with exact masks, for one or more models",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="testbed scenes with exact masks (every object on 3 backgrounds), any models",
     )
     t.add_argument("--model", nargs="+", default=["testbed:default", "testbed:shortcut"],
-                   help="model spec(s): testbed:<variant>, <open_clip name>[:tag|:file], hf:<dir>")  # fmt: skip
+                   metavar="SPEC", help="one or more " + _common.SPEC_HELP)  # fmt: skip
     t.add_argument("--n", type=int, default=24, help="objects per seed (3 scenes each)")
     t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="scene seeds")
-    _common(t)
+    _shared(t)
     t.set_defaults(func=run)
-    f = modes.add_parser(
+    f = _common.add_parser(
+        modes,
         "folder",
-        help="your images, captions and masks (a CSV file)",
+        help="your images, captions, word roles and masks listed in a CSV file",
         description=(
             "CSV columns: image, caption, mask (paths relative to the CSV file; mask: "
             "non-zero pixels = object), object (the object word in the caption); optional: "
@@ -61,21 +64,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     f.add_argument("csv", help="CSV file listing the pairs")
-    f.add_argument("--model", nargs="+", required=True, help="model spec(s)")
-    _common(f)
+    f.add_argument("--model", nargs="+", required=True, metavar="SPEC",
+                   help="one or more " + _common.SPEC_HELP)  # fmt: skip
+    _shared(f)
     f.set_defaults(func=run)
-
-
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    _common.require_subcommand(p, "testbed, folder")
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name in ("n_steps", "batch_size") + (("n",) if args.mode == "testbed" else ()):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _common.check_positive(
+        args, "n_steps", "batch_size", *(("n",) if args.mode == "testbed" else ())
+    )
     if args.examples < 0:
         raise ValueError(f"--examples must be >= 0, got {args.examples}")
 
@@ -124,6 +123,8 @@ def _read_folder(path: str) -> list[dict[str, Any]]:
 
 
 def _testbed_inputs(args, preprocess) -> tuple[Any, list[dict[str, Any]]]:
+    import torch
+
     from captum_clip.grounding import testbed_scenes
     from captum_clip.testbed import TestbedPreprocess
 
@@ -141,6 +142,7 @@ def _testbed_inputs(args, preprocess) -> tuple[Any, list[dict[str, Any]]]:
 
 
 def _through_pil(preprocess, images01, masks):
+    import torch
     from torchvision.transforms.functional import to_pil_image
 
     from captum_clip.grounding import prepare_pil
@@ -153,6 +155,7 @@ def _through_pil(preprocess, images01, masks):
 
 
 def _folder_inputs(entries, preprocess):
+    import torch
     from PIL import Image
 
     from captum_clip.grounding import prepare_pil
@@ -165,24 +168,28 @@ def _folder_inputs(entries, preprocess):
 def run(args: argparse.Namespace) -> int:
     """Run the analysis for every model and write the table, summary and figures."""
     from captum_clip.attr import IntegratedInteractions
-    from captum_clip.covar._models import resolve_model
     from captum_clip.grounding import analyse
     from captum_clip.grounding.report import write_report
+    from captum_clip.model_spec import parse_model_spec, resolve_device
 
     _check(args)
-    device = _device(args.device)
+    specs = [parse_model_spec(s) for s in args.model]  # bad specs fail before any work
+    device = resolve_device(args.device)
     entries = _read_folder(args.csv) if args.mode == "folder" else None
     os.makedirs(args.out, exist_ok=True)
-    rows, examples = [], {}
-    for spec in args.model:
-        entry = resolve_model(spec).load(device)
+    rows, examples, random = [], {}, []
+    for spec in specs:
+        loaded = spec.load(device)
+        if spec.random_weights:
+            print(_common.random_weights_warning(spec.text), file=sys.stderr)
+            random.append(spec.text)
         if entries is None:
-            (x, display, masks, captions, roles), meta = _testbed_inputs(args, entry.preprocess)
+            (x, display, masks, captions, roles), meta = _testbed_inputs(args, loaded.preprocess)
         else:
-            x, display, masks, captions, roles = _folder_inputs(entries, entry.preprocess)
+            x, display, masks, captions, roles = _folder_inputs(entries, loaded.preprocess)
             meta = [e["meta"] for e in entries]
-        meta = [dict(m, model=spec) for m in meta]
-        ii = IntegratedInteractions(entry.model, entry.tokenizer)
+        meta = [dict(m, model=spec.text) for m in meta]
+        ii = IntegratedInteractions(loaded.model, loaded.tokenizer)
         part, kept = analyse(
             ii, x.to(device), captions, masks, roles, meta, batch_size=args.batch_size,
             show_progress=not args.no_progress, keep=1, n_steps=args.n_steps,
@@ -190,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         rows.extend(part)
         k = min(args.examples, kept[0].attributions.shape[0]) if kept else 0
-        examples[spec] = (
+        examples[spec.text] = (
             kept[0] if kept else None,
             display[:k],
             masks[:k],
@@ -198,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
             captions[:k],
         )
     spread = "seed" if args.mode == "testbed" and len(args.seeds) > 1 else None
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "no_progress", "command")}
-    for path in write_report(rows, examples, args.out, args.mode, spread, settings):
-        print(f"wrote {path}")
+    skip = ("func", "no_progress", "command")
+    settings = {k: v for k, v in vars(args).items() if k not in skip}
+    for path in write_report(rows, examples, args.out, args.mode, spread, settings, random):
+        _common.wrote(path)
     return 0

@@ -16,6 +16,7 @@ from captum_clip.grounding.summary import (
     unusual_scenes,
     write_csv,
 )
+from captum_clip.viz.marks import mark_random_weights
 
 __all__ = ["summary_markdown", "write_report"]
 
@@ -101,6 +102,7 @@ def write_report(
     mode: str,
     spread: str | None,
     settings: Mapping[str, Any],
+    random_weights: Sequence[str] = (),
 ) -> list[str]:
     """Write ``grounding.csv``, ``grounding.md`` and the figures into ``out``.
 
@@ -112,6 +114,8 @@ def write_report(
         mode: ``"testbed"`` (condition figure) or ``"folder"``.
         spread: Column the spread is taken over (``"seed"``) or None (over images).
         settings: Shown in the summary's first line.
+        random_weights: Models with random weights: their figures get the RANDOM WEIGHTS
+            mark (the summary figures when any model has random weights).
 
     Returns:
         The paths written.
@@ -140,11 +144,15 @@ def write_report(
             summarise(rows, ("model", "unusual", "role"), spread), "unusual",
             title="grounding on usual vs unusual scenes",
         )  # fmt: skip
+    marked = set(figures) if random_weights else set()
     for model, (result, images, masks, roles, captions) in examples.items():
         if result is not None and len(captions):
-            figures[f"examples_{_slug(model)}.png"] = plots.plot_examples(
-                result, list(images), list(masks), roles, captions
-            )
+            name = f"examples_{_slug(model)}.png"
+            figures[name] = plots.plot_examples(result, list(images), list(masks), roles, captions)
+            if model in random_weights:
+                marked.add(name)
     for name, fig in figures.items():
+        if name in marked:
+            mark_random_weights(fig)
         fig.savefig(path(name), dpi=110)
     return written

@@ -112,6 +112,7 @@ def load_folder(
     masks_dir: str | Path | None = None,
     class_names: Sequence[str] | None = None,
     max_images: int | None = None,
+    labels_by: str = "name",
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[str], list[str]]:
     """Reads an image folder: flat, or one sub-folder per class (labels from the names).
 
@@ -123,6 +124,9 @@ def load_folder(
         class_names: Class names; default: the sub-folder names (required for a flat
             folder).
         max_images: Keep at most this many images (in sorted order).
+        labels_by: ``"name"``: a sub-folder's label is the index of its name among the
+            class names; ``"order"``: the ``i``-th sorted sub-folder is class ``i`` (ImageNet
+            WordNet-id folders; needs one class name per sub-folder).
 
     Returns:
         ``(images (B, 3, H, W), labels (B,) or None, masks (B, H, W) or None, class_names,
@@ -135,7 +139,18 @@ def load_folder(
     if not root.is_dir():
         raise ValueError(f"image folder not found: {str(root)!r}")
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if subdirs:
+    if labels_by not in ("name", "order"):
+        raise ValueError(f"labels_by must be 'name' or 'order', got {labels_by!r}")
+    if labels_by == "order":
+        if not subdirs or class_names is None or len(class_names) != len(subdirs):
+            raise ValueError(
+                f"labels_by='order' needs one class name per sub-folder of {str(root)!r} "
+                f"({len(subdirs)} sub-folders, "
+                f"{'no' if class_names is None else len(class_names)} names)"
+            )
+        names = list(class_names)
+        entries = [(p, i) for i, d in enumerate(subdirs) for p in _image_files(root / d)]
+    elif subdirs:
         names = list(class_names) if class_names else subdirs
         extra = [s for s in subdirs if s not in names]
         if extra:
@@ -182,6 +197,7 @@ def run_folder(
     templates: Sequence[str] | None = None,
     target: str = "pred",
     max_images: int | None = None,
+    labels_by: str = "name",
     methods: Sequence[str] | None = None,
     method_settings: MethodSettings | None = None,
     metric_settings: MetricSettings | None = None,
@@ -195,7 +211,7 @@ def run_folder(
         model: Model spec: ``"ViT-B-32:openai"`` (open_clip name + pretrained tag),
             ``"ViT-B-32:/path/ckpt.pt"`` (local checkpoint), ``"ViT-B-32"`` (random
             weights), ``"hf:<folder>"`` or ``"testbed:<variant>"``.
-        images_dir, class_names, masks_dir, max_images: See :func:`load_folder`.
+        images_dir, class_names, masks_dir, max_images, labels_by: See :func:`load_folder`.
         templates: Prompt templates with one ``{}`` (default: the model's usual ones).
         target: ``"pred"`` (explain the predicted class) or ``"label"`` (the sub-folder's
             class; needs class sub-folders).
@@ -210,7 +226,7 @@ def run_folder(
         raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
     entry = resolve_model(model).load(torch.device(device))
     x, labels, masks, names, _ = load_folder(
-        images_dir, entry.preprocess, masks_dir, class_names, max_images
+        images_dir, entry.preprocess, masks_dir, class_names, max_images, labels_by
     )
     clf = ClipClassifier(
         entry.model, entry.tokenizer, names, templates=templates or default_templates(model)

@@ -117,6 +117,12 @@ def add_parser(subparsers) -> None:
         help="explain the predicted class or the sub-folder's class",
     )  # fmt: skip
     f.add_argument("--max-images", type=int, help="use at most this many images (default: all)")
+    f.add_argument(
+        "--imagenet", action="store_true",
+        help="ImageNet layout: sorted WordNet-id sub-folders = class index, the 1000 class "
+        "names and 80 OpenAI templates of open_clip (--classes/--templates override; "
+        "--classes is needed when there are not 1000 sub-folders)",
+    )  # fmt: skip
     _shared_args(f)
     f.set_defaults(func=run_folder_command, chunk_size=8)
     from captum_clip.commands._faithfulness_retrieval import add_retrieval
@@ -284,6 +290,13 @@ def run_folder_command(args: argparse.Namespace) -> int:
     if parse_model_spec(args.model).random_weights:
         print(_common.random_weights_warning(args.model), file=sys.stderr)
 
+    classes, templates, labels_by = args.classes, args.templates, "name"
+    if args.imagenet:
+        from captum_clip.benchmark.imagenet import imagenet_folder_classes, imagenet_templates
+
+        classes = imagenet_folder_classes(args.images, args.classes)
+        templates = templates or imagenet_templates()
+        labels_by = "order"
     torch.set_num_threads(args.threads)
     args.device = str(resolve_device(args.device))
     args._settings = _settings(args)
@@ -292,11 +305,12 @@ def run_folder_command(args: argparse.Namespace) -> int:
     result = run_folder(
         args.model,
         args.images,
-        args.classes,
+        classes,
         args.masks,
-        templates=args.templates,
+        templates=templates,
         target=args.target,
         max_images=args.max_images,
+        labels_by=labels_by,
         methods=args.methods,
         method_settings=args._settings[0],
         metric_settings=args._settings[1],
@@ -308,5 +322,12 @@ def run_folder_command(args: argparse.Namespace) -> int:
         f"Model {args.model}, images from {args.images}"
         + (f", masks from {args.masks}" if args.masks else " (no masks: no localisation)")
         + f", {result.n_images} images, target = {args.target}."
+        + (
+            f" ImageNet layout: sorted sub-folders = class index, {len(classes)} classes, "
+            f"{len(templates)} templates"
+            + (" (open_clip's OpenAI ImageNet templates)." if not args.templates else ".")
+            if args.imagenet
+            else ""
+        )
     ]
     return _write([result], args, extra, time.perf_counter() - t0)

@@ -199,3 +199,86 @@ def test_cli_defaults_match_the_harness():
 
     assert cli.DEFAULT_METHODS == retrieval.DEFAULT_METHODS
     assert set(cli.PROTOCOL_NAMES) == set(retrieval.PROTOCOLS)
+
+
+def _subprocess(cmd, cwd):
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg",
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")  # fmt: skip
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=540)
+
+
+def test_hard_kill_mid_run_resumes(gallery, tmp_path):
+    """A process SIGKILLed after its 3rd part: the rerun computes the rest, rewrites none."""
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        torch.set_num_threads(1)
+        from captum_clip.benchmark.retrieval import RetrievalSettings, evaluate_retrieval
+        from captum_clip.datasets import load_captions
+        g = load_captions({str(gallery.source)!r}, {str(gallery.paths[0].parent)!r})
+        n = []
+        def on_part(path):
+            n.append(path)
+            if len(n) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        evaluate_retrieval("testbed", g, {str(tmp_path / "run")!r}, methods=["Saliency"],
+                           settings=RetrievalSettings(protocol="none", n_steps=4,
+                               deletion_baseline="zeros", insertion_baseline="zeros", ks=(1, 3)),
+                           batch_size=2, show_progress=False, on_part=on_part)
+    """)
+    proc = _subprocess([sys.executable, "-c", script], tmp_path)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # killed, no cleanup ran
+    parts = sorted((tmp_path / "run" / "parts" / "Saliency").glob("*.pt"))
+    assert len(parts) == 3 and not list((tmp_path / "run").glob("*.csv"))
+    assert not list((tmp_path / "run" / "parts").rglob(".*.tmp"))  # no half-written part
+    before = {p: p.stat().st_mtime_ns for p in parts}
+    again = []
+    kw = dict(methods=["Saliency"], settings=SETTINGS, batch_size=2, show_progress=False)
+    torch.set_num_threads(1)
+    res = evaluate_retrieval("testbed", gallery, tmp_path / "run", on_part=again.append, **kw)
+    assert res.computed == 10 - 6 and len(again) == 2
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    straight = evaluate_retrieval("testbed", gallery, tmp_path / "straight", **kw)
+    pd.testing.assert_frame_equal(res.curves, straight.curves)
+
+
+def test_torchrun_two_processes_match_one(gallery, tmp_path):
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["faithfulness", "retrieval", str(gallery.paths[0].parent), str(gallery.source),
+            "--model", "testbed", "--methods", "Saliency", "MaskCLIP", "--protocol", "none",
+            "--n-steps", "4", "--ks", "1", "3", "--batch-size", "3", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # like the torchrun workers (OMP_NUM_THREADS=1)
+    try:
+        assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(before)
+    proc = _subprocess(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}",
+         "-m", "captum_clip", *args, "--out", str(tmp_path / "two")],
+        tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    for stem in ("summary", "curves", "clean"):
+        one = pd.read_csv(tmp_path / "one" / f"{stem}.csv")
+        two = pd.read_csv(tmp_path / "two" / f"{stem}.csv")
+        pd.testing.assert_frame_equal(one, two)
+    # 4 batches: rank 0 wrote 0 and 2, rank 1 wrote 1 and 3 (every part exactly once)
+    for method in ("Saliency", "MaskCLIP"):
+        parts = sorted(p.name for p in (tmp_path / "two" / "parts" / method).glob("*.pt"))
+        assert parts == [f"b{b:07d}.pt" for b in range(4)]
+    assert (tmp_path / "two" / "retrieval.md").is_file()

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from captum_clip._blocks import BlockView
 from captum_clip._hooks import HookManager
 
-__all__ = ["VisionTower", "OpenClipViT", "OpenClipResNet", "check_index"]
+__all__ = ["VisionTower", "ViTTower", "OpenClipViT", "OpenClipResNet", "check_index"]
 
 
 def check_index(index: int, n_blocks: int, what: str) -> int:
@@ -149,11 +149,62 @@ class VisionTower:
         yield  # pragma: no cover
 
 
-class OpenClipViT(VisionTower):
-    """open_clip ``VisionTransformer``."""
+class ViTTower(VisionTower):
+    """Shared part of the ViT adapters: ``embed`` -> ``run_blocks`` -> ``head`` (subclasses
+    implement those three); class token first, then the patch grid."""
 
     is_vit = True
     n_prefix = 1
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Hidden state 0 ``(B, L, d)``."""
+        raise NotImplementedError
+
+    def run_blocks(
+        self, x: Tensor, start: int, stop: int, attn_mask: Tensor | None = None
+    ) -> Tensor:
+        """Run blocks ``start..stop-1`` on batch-first hidden states ``x``."""
+        raise NotImplementedError
+
+    def head(self, x: Tensor) -> Tensor:
+        """Map the output of the last block ``(B, L, d)`` to the (unnormalised) embedding."""
+        raise NotImplementedError
+
+    def hidden_state(self, images: Tensor, index: int) -> Tensor:
+        """Hidden states ``(B, L, d)`` at ``index`` (see module docstring)."""
+        index = check_index(index, self.n_blocks, "index")
+        return self.run_blocks(self.embed(images), 0, index)
+
+    def from_hidden(self, x: Tensor, index: int) -> Tensor:
+        """Embedding from the hidden states at ``index`` (inverse of :meth:`hidden_state`)."""
+        index = check_index(index, self.n_blocks, "index")
+        return self.head(self.run_blocks(x, index, self.n_blocks))
+
+    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
+        x = self.hidden_state(images, self.block_index(layer) + 1)
+        h, w = self.grid_size
+        return x[:, self.n_prefix :].reshape(x.shape[0], h, w, x.shape[-1])
+
+    def check_hidden(self, hidden: Tensor) -> None:
+        """The ``hidden`` argument of :meth:`hide_patches`: ``(B, n_patches)`` bool."""
+        if hidden.dtype != torch.bool or hidden.ndim != 2 or hidden.shape[1] != self.n_patches:
+            raise ValueError(
+                f"hidden must be a (B, {self.n_patches}) bool tensor, got "
+                f"{tuple(hidden.shape)} {hidden.dtype}"
+            )
+
+    @staticmethod
+    def check_batch(received: int, expected: int) -> None:
+        """A forward under :meth:`hide_patches` must have the batch it was set up for."""
+        if received != expected:
+            raise ValueError(
+                f"hide_patches was set up for a batch of {expected} images but the "
+                f"vision tower received {received}"
+            )
+
+
+class OpenClipViT(ViTTower):
+    """open_clip ``VisionTransformer``."""
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -211,21 +262,6 @@ class OpenClipViT(VisionTower):
             pooled = pooled @ self.module.proj
         return pooled
 
-    def hidden_state(self, images: Tensor, index: int) -> Tensor:
-        """Hidden states ``(B, L, d)`` at ``index`` (see module docstring)."""
-        index = check_index(index, self.n_blocks, "index")
-        return self.run_blocks(self.embed(images), 0, index)
-
-    def from_hidden(self, x: Tensor, index: int) -> Tensor:
-        """Embedding from the hidden states at ``index`` (inverse of :meth:`hidden_state`)."""
-        index = check_index(index, self.n_blocks, "index")
-        return self.head(self.run_blocks(x, index, self.n_blocks))
-
-    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
-        x = self.hidden_state(images, self.block_index(layer) + 1)
-        h, w = self.grid_size
-        return x[:, self.n_prefix :].reshape(x.shape[0], h, w, x.shape[-1])
-
     def key_mask(self, hidden: Tensor) -> Tensor:
         """Additive attention mask ``(B*heads, L, L)`` hiding the patches in ``hidden``."""
         b, p = hidden.shape
@@ -238,11 +274,7 @@ class OpenClipViT(VisionTower):
 
     @contextmanager
     def hide_patches(self, hidden: Tensor) -> Iterator[None]:
-        if hidden.dtype != torch.bool or hidden.ndim != 2 or hidden.shape[1] != self.n_patches:
-            raise ValueError(
-                f"hidden must be a (B, {self.n_patches}) bool tensor, got "
-                f"{tuple(hidden.shape)} {hidden.dtype}"
-            )
+        self.check_hidden(hidden)
         if self.pool_type == "attn":
             raise ValueError(
                 "attention-mode masking does not support open_clip towers with an "
@@ -254,11 +286,7 @@ class OpenClipViT(VisionTower):
 
         def inject(module, args, kwargs):
             x = args[0] if args else kwargs["q_x"]
-            if x.shape[batch_dim] != batch:
-                raise ValueError(
-                    f"hide_patches was set up for a batch of {batch} images but the "
-                    f"vision tower received {x.shape[batch_dim]}"
-                )
+            self.check_batch(x.shape[batch_dim], batch)
             current = kwargs.get("attn_mask")
             m = mask.to(dtype=x.dtype, device=x.device)
             kwargs["attn_mask"] = m if current is None else current + m

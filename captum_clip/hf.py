@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager
 from captum_clip._text_towers import TextTower
-from captum_clip._towers import VisionTower, check_index
+from captum_clip._towers import ViTTower
 
 __all__ = ["is_hf_clip", "HFClipVision", "HFClipText", "HFTokenizer"]
 
@@ -27,11 +27,8 @@ def is_hf_clip(model: object) -> bool:
     return all(hasattr(model, a) for a in ("vision_model", "text_model", "visual_projection"))
 
 
-class HFClipVision(VisionTower):
+class HFClipVision(ViTTower):
     """Vision tower of a Hugging Face ``CLIPModel``."""
-
-    is_vit = True
-    n_prefix = 1
 
     def __init__(self, clip: nn.Module) -> None:
         super().__init__(clip.vision_model)
@@ -84,25 +81,9 @@ class HFClipVision(VisionTower):
     def head(self, x: Tensor) -> Tensor:
         return self.token_head(x[:, 0])
 
-    def hidden_state(self, images: Tensor, index: int) -> Tensor:
-        return self.run_blocks(self.embed(images), 0, check_index(index, self.n_blocks, "index"))
-
-    def from_hidden(self, x: Tensor, index: int) -> Tensor:
-        index = check_index(index, self.n_blocks, "index")
-        return self.head(self.run_blocks(x, index, self.n_blocks))
-
-    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
-        x = self.hidden_state(images, self.block_index(layer) + 1)
-        h, w = self.grid_size
-        return x[:, self.n_prefix :].reshape(x.shape[0], h, w, x.shape[-1])
-
     @contextmanager
     def hide_patches(self, hidden: Tensor) -> Iterator[None]:
-        if hidden.dtype != torch.bool or hidden.ndim != 2 or hidden.shape[1] != self.n_patches:
-            raise ValueError(
-                f"hidden must be a (B, {self.n_patches}) bool tensor, got "
-                f"{tuple(hidden.shape)} {hidden.dtype}"
-            )
+        self.check_hidden(hidden)
         b, p = hidden.shape
         keys = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=hidden.device), hidden], 1)
         mask = torch.zeros(b, 1, p + 1, p + 1, device=hidden.device)
@@ -110,11 +91,7 @@ class HFClipVision(VisionTower):
 
         def inject(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            if x.shape[0] != b:
-                raise ValueError(
-                    f"hide_patches was set up for a batch of {b} images but the "
-                    f"vision tower received {x.shape[0]}"
-                )
+            self.check_batch(x.shape[0], b)
             m = mask.to(dtype=x.dtype, device=x.device)
             if len(args) > 1:
                 current = args[1]

@@ -101,6 +101,15 @@ class PatchMapAttribution(Attribution):
 
     Subclasses set the class attributes and implement :meth:`_patch_maps`.
 
+    Args:
+        forward_func: A :class:`~captum_clip.models.ClipClassifier` /
+            :class:`~captum_clip.models.ClipSimilarity`, or any callable
+            ``(images, *args) -> (B, n_outputs)`` running ``vision_model``'s blocks.
+        vision_model: The CLIP model (or open_clip ``VisionTransformer`` / tower adapter)
+            when ``forward_func`` has no ``.vision``; see
+            :func:`captum_clip.models.resolve_tower`.
+        need_cls: The method reads the class token (the tower must pool it).
+
     Attributes:
         tower: The vision tower adapter (see :func:`captum_clip.models.resolve_tower`).
         needs_grad: Run :meth:`_patch_maps` with gradients enabled (else under no_grad).

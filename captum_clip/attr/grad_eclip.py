@@ -81,11 +81,8 @@ class GradECLIP(PatchMapAttribution, GradientAttribution):
     attention output only.
 
     Args:
-        forward_func: A :class:`~captum_clip.models.ClipClassifier` /
-            :class:`~captum_clip.models.ClipSimilarity`, or any callable
-            ``(images, *args) -> (B, n_outputs)`` running ``vision_model``'s blocks.
-        vision_model: The CLIP model (or open_clip ``VisionTransformer`` / tower adapter)
-            when ``forward_func`` has no ``.vision``.
+        forward_func, vision_model: See
+            :class:`~captum_clip.attr._base.PatchMapAttribution`.
         spatial: ``"loosened"`` (paper), ``"attention"`` or ``"none"``; see
             :func:`grad_eclip_contributions`.
     """

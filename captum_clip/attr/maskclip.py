@@ -38,8 +38,7 @@ class MaskCLIP(PatchMapAttribution):
         forward_func: A :class:`~captum_clip.models.ClipClassifier` or
             :class:`~captum_clip.models.ClipSimilarity` (its ``text_embeddings`` are the
             targets), or any module exposing ``text_embeddings`` ``(n, D)``.
-        vision_model: The CLIP model (or open_clip ``VisionTransformer`` / tower adapter)
-            when ``forward_func`` has no ``.vision``.
+        vision_model: See :class:`~captum_clip.attr._base.PatchMapAttribution`.
         text_embeddings: ``(n_targets, D)`` target embeddings overriding
             ``forward_func.text_embeddings`` (normalised here).
         residual: Keep the last block's residual connection (reference MaskCLIP: True).

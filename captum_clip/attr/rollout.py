@@ -52,11 +52,8 @@ class GradientRollout(PatchMapAttribution, GradientAttribution):
     ``torch.autograd.grad`` wrt those probabilities only.
 
     Args:
-        forward_func: A :class:`~captum_clip.models.ClipClassifier` /
-            :class:`~captum_clip.models.ClipSimilarity`, or any callable
-            ``(images, *args) -> (B, n_outputs)`` running ``vision_model``'s blocks.
-        vision_model: The CLIP model (or open_clip ``VisionTransformer`` / tower adapter)
-            when ``forward_func`` has no ``.vision``.
+        forward_func, vision_model: See
+            :class:`~captum_clip.attr._base.PatchMapAttribution`.
         start_layer: First block to accumulate (negative counts from the end). ``0`` (all
             blocks) is the paper's method; ``-1`` (last block only) is the default of the
             authors' CLIP notebook.

@@ -174,19 +174,27 @@ def test_lock_timeout_raises_clear_error(tmp_path):
 
 WRITER = textwrap.dedent(
     """
-    import sys
+    import sys, types
+    # captum_clip._resumable needs only pandas: skip the package __init__ (torch) to start fast
+    pkg = types.ModuleType("captum_clip")
+    pkg.__path__ = [sys.argv[3]]
+    sys.modules["captum_clip"] = pkg
     import pandas as pd
-    from captum_clip._resumable import ResumableTable
-    from tests.test_resumable import SCHEMA, rows
+    from captum_clip._resumable import ResumableTable, TableSchema
 
     out, model = sys.argv[1], sys.argv[2]
-    t = ResumableTable(out, SCHEMA)
+    schema = TableSchema(columns=("model", "item", "score", "kind"), key=("model", "item"),
+                         ranges={"score": (0.0, 1.0)}, choices={"kind": frozenset({"a", "b"})})
+    t = ResumableTable(out, schema)
     for i in range(15):
-        t.write_part(rows(model, [2 * i, 2 * i + 1]), group=model)
+        rows = pd.DataFrame({"model": model, "item": [2 * i, 2 * i + 1], "score": 0.5,
+                             "kind": ["a", "b"]})
+        t.write_part(rows, group=model)
         if i % 2:
             t.merge()
         t.stored(model=model)
     t.merge()
+    assert "torch" not in sys.modules
     """
 )
 
@@ -197,7 +205,7 @@ def test_real_processes_writing_and_merging_one_folder(tmp_path):
     script.write_text(WRITER)
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "out"), m],
+            [sys.executable, str(script), str(tmp_path / "out"), m, str(root / "captum_clip")],
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
             stderr=subprocess.PIPE,

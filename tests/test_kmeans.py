@@ -74,7 +74,8 @@ def test_inertia_within_one_percent_of_sklearn(tokens, model, k):
 
 def test_converged_labels_are_a_lloyd_fixed_point(tokens):
     x = tokens["ViT-B-16 random"]
-    res = batched_kmeans(x, 5, tol=0.0, max_iter=300, seed=3)
+    res = batched_kmeans(x, 5, max_iter=300, seed=3)
+    assert res.n_iter < 300  # converged
     xn = F.normalize(x.double(), dim=-1)
     for xi, li in zip(xn, res.labels):
         means = torch.stack([xi[li == c].mean(0) for c in range(5)])
@@ -164,3 +165,18 @@ def test_clusterer_with_too_many_labels_is_an_error(tiny_vit, tokenizer):
     clf = ClipClassifier(tiny_vit, tokenizer, ["cat", "dog"])
     with pytest.raises(ValueError, match="found 16 clusters with n_clusters=3"):
         CCI(clf, n_clusters=3, clusterer=TooMany()).attribute(torch.randn(1, 3, 32, 32), 0)
+
+
+def test_empty_clusters_move_to_the_farthest_points():
+    from captum_clip.attr._kmeans import _reseed
+
+    x = torch.arange(10.0).reshape(1, 5, 2)
+    dist = torch.tensor([0.1, 0.5, 0.0, 0.9, 0.3]).reshape(1, 5, 1)
+    empty = torch.tensor([[[False, True, True]]])
+    new, old = torch.full((1, 3, 2), 7.0), torch.full((1, 3, 2), -1.0)
+    out, moved = _reseed(x, dist, new, old, empty)
+    assert moved
+    assert out[0].tolist() == [[7.0, 7.0], x[0, 3].tolist(), x[0, 1].tolist()]
+    out, moved = _reseed(x, torch.zeros(1, 5, 1), new, old, empty)  # nowhere to go
+    assert not moved
+    assert out[0].tolist() == [[7.0, 7.0], [-1.0, -1.0], [-1.0, -1.0]]

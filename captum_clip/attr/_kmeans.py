@@ -8,11 +8,13 @@ for the distances and the centroid updates, no Python loop over images or restar
   lowers the potential most is kept, as in scikit-learn), driven by uniform numbers drawn
   from a seeded CPU ``torch.Generator``. The *same* numbers serve every image, so an
   image's clusters do not depend on the batch it comes in (batch split invariance);
-* Lloyd iterations until the labels stop changing or the squared centre shift falls
-  under ``tol`` times the mean per-feature variance (scikit-learn's rule), each restart
-  frozen as soon as it has converged, at most ``max_iter`` iterations;
+* Lloyd iterations until no label of any restart changes (at most ``max_iter``); a
+  restart that has converged sits at a fixed point, so the iterations others still need
+  do not change it. Each iteration is a handful of batched kernels and one host sync
+  (on a GPU the loop is bound by kernel launches, not arithmetic);
 * an empty cluster is re-seeded at the point farthest from its centre (the farthest
-  point for the first empty cluster, the second farthest for the second, ...);
+  point for the first empty cluster, the second farthest for the second, ...); where no
+  point lies away from its centre (duplicate points) the cluster stays empty;
 * ``n_init`` restarts, the one with the lowest inertia kept per image.
 
 Clusters still empty at the end (duplicate points) are dropped: labels are consecutive
@@ -39,7 +41,6 @@ __all__ = ["KMeansResult", "batched_kmeans", "consecutive_labels", "sklearn_labe
 
 N_INIT = 4
 MAX_ITER = 100
-TOL = 1e-4
 
 
 @dataclass
@@ -106,7 +107,6 @@ def batched_kmeans(
     *,
     n_init: int = N_INIT,
     max_iter: int = MAX_ITER,
-    tol: float = TOL,
     seed: int = 0,
     normalize: bool = True,
 ) -> KMeansResult:
@@ -117,10 +117,7 @@ def batched_kmeans(
             other floating dtype in float32, on ``x``'s device.
         n_clusters: K, ``1 <= K <= N``.
         n_init: Restarts per image (the lowest inertia is kept).
-        max_iter: Cap on the Lloyd iterations.
-        tol: Convergence when the summed squared centre shift of a restart is at most
-            ``tol`` times the mean per-feature variance of its image's points (or when
-            its labels stop changing).
+        max_iter: Cap on the Lloyd iterations (they stop earlier when no label changes).
         seed: Seed of the ``torch.Generator`` behind the k-means++ draws.
         normalize: L2-normalise the points first (cosine geometry).
 
@@ -147,44 +144,65 @@ def batched_kmeans(
     u_trials = torch.rand(r, max(k - 1, 1), trials, generator=gen, dtype=torch.float64)
     u_trials = u_trials.to(x.device, dtype)
     rows = torch.arange(b, device=x.device)
+    ids = torch.arange(k, device=x.device)
 
     centres = x[rows[:, None, None], _seed(x, x2, k, u_first, u_trials)]  # (B, R, k, d)
     centres = centres.reshape(b, r * k, -1)
-    tol_abs = tol * x.var(1, unbiased=False).mean(-1)  # (B,)
-    offset = torch.arange(r, device=x.device) * k
-    active = torch.ones(b, r, dtype=torch.bool, device=x.device)
-    labels = torch.full((b, n, r), -1, dtype=torch.long, device=x.device)
+    prev = None
+    converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007
-        d = _sq_dist(x, x2, centres).transpose(1, 2).reshape(b, n, r, k)
-        mind, new_labels = d.min(-1)  # (B, N, R)
-        onehot = torch.zeros(b, n, r * k, dtype=dtype, device=x.device)
-        onehot.scatter_(2, new_labels + offset, 1.0)
+        # |c|^2 - 2 x.c: the squared distance up to |x|^2, which the argmin does not need
+        c2 = (centres * centres).sum(-1)
+        d = torch.baddbmm(c2[:, None, :], x, centres.transpose(1, 2), alpha=-2)
+        mind, labels = d.view(b, n, r, k).min(-1)  # (B, N, R)
+        onehot = (labels[..., None] == ids).to(dtype).view(b, n, r * k)
         counts = onehot.sum(1)  # (B, R*k)
         new = (onehot.transpose(1, 2) @ x) / counts.clamp_min(1)[..., None]
-        # empty cluster -> the farthest point not yet used (1st, 2nd, ... per restart)
-        empty = (counts == 0).reshape(b, r, k)
-        rank = (empty.long().cumsum(-1) - 1).clamp_(min=0)
-        far = mind.transpose(1, 2).topk(k, dim=-1).indices  # (B, R, k)
-        reseed = x[rows[:, None, None], far.gather(-1, rank)].reshape(b, r * k, -1)
-        new = torch.where(empty.reshape(b, r * k, 1), reseed, new)
-        shift = ((new - centres) ** 2).sum(-1).reshape(b, r, k).sum(-1)
-        same = (new_labels == labels).all(1)  # (B, R)
-        upd = active.repeat_interleave(k, 1)[..., None]
-        centres = torch.where(upd, new, centres)
-        labels = torch.where(active[:, None, :], new_labels, labels)
-        converged = (same & ~empty.any(-1)) | (shift <= tol_abs[:, None])
-        active = active & ~converged
-        if not bool(active.any()):
+        empty = counts == 0
+        changed = (labels != prev).any() if prev is not None else empty.new_ones(())
+        changed, any_empty = torch.stack([changed, empty.any()]).tolist()
+        if any_empty:
+            new, fixed = _reseed(x, mind + x2[..., None], new, centres, empty.view(b, r, k))
+            changed = changed or fixed
+        if not changed:  # labels stable and centres = their means: a fixed point
+            converged = True
             break
-    # final assignment to the final centres
-    d = _sq_dist(x, x2, centres).transpose(1, 2).reshape(b, n, r, k)
-    mind, labels = d.min(-1)
-    inertia = mind.sum(1)  # (B, R)
+        centres, prev = new, labels
+    if not converged:  # capped: assign to the last centres (as scikit-learn does)
+        c2 = (centres * centres).sum(-1)
+        d = torch.baddbmm(c2[:, None, :], x, centres.transpose(1, 2), alpha=-2)
+        mind, labels = d.view(b, n, r, k).min(-1)
+    inertia = (mind + x2[..., None]).clamp_min_(0).sum(1)  # (B, R)
     best = inertia.argmin(1)  # first restart among ties
     labels = labels.gather(2, best[:, None, None].expand(b, n, 1))[..., 0]
     labels, n_found = consecutive_labels(labels, k)
     return KMeansResult(labels, n_found, inertia.gather(1, best[:, None])[:, 0], n_iter)
+
+
+def _reseed(
+    x: Tensor, dist: Tensor, new: Tensor, old: Tensor, empty: Tensor
+) -> tuple[Tensor, bool]:
+    """Move empty clusters to the points farthest from their centres.
+
+    Args:
+        x: ``(B, N, d)`` points; ``dist``: ``(B, N, R)`` squared distance of each point to
+            its centre in each restart; ``new`` / ``old``: ``(B, R*k, d)`` updated and
+            previous centres; ``empty``: ``(B, R, k)``.
+
+    Returns:
+        The centres (an empty cluster that no point lies away from keeps its old centre)
+        and whether any cluster was moved.
+    """
+    b, r, k = empty.shape
+    rank = (empty.long().cumsum(-1) - 1).clamp_(min=0)  # m-th empty -> m-th farthest
+    far_d, far = dist.transpose(1, 2).topk(k, dim=-1)  # (B, R, k)
+    idx = far.gather(-1, rank)
+    moved = empty & (far_d.gather(-1, rank) > 1e-12)
+    rows = torch.arange(b, device=x.device)
+    out = torch.where(empty.view(b, r * k, 1), old, new)
+    out = torch.where(moved.view(b, r * k, 1), x[rows[:, None, None], idx].view(b, r * k, -1), out)
+    return out, bool(moved.any())
 
 
 def sklearn_labels(estimator: Any, x: Tensor, n_clusters: int, set_k: bool) -> Tensor:

@@ -178,6 +178,8 @@ def test_read_image(tmp_path):
         ["faithfulness", "folder", "{folder}", "--model", "testbed", "--classes", "dots",
          "--methods", "Saliency", "--out", "{tmp}/r.md"],
         ["diagnose", "folder", "{folder}", "--model", "testbed", "--masks", "{folder}"],
+        ["grounding", "folder", "{tmp}/pairs.csv", "--model", "testbed", "--out", "{tmp}/g",
+         "--n-steps", "2"],
     ],
 )  # fmt: skip
 def test_cli_unreadable_image_is_one_error_line(tmp_path, argv, capsys):
@@ -185,6 +187,9 @@ def test_cli_unreadable_image_is_one_error_line(tmp_path, argv, capsys):
 
     folder, text, trunc = _bad_images(tmp_path)
     root = folder.parent
+    (tmp_path / "pairs.csv").write_text(
+        "image,caption,mask,object\nimgs/dots/b_text.png,a photo of dots,imgs/dots/a_good.png,dots\n"
+    )
     for bad in (text, trunc) if argv[0] in ("explain", "interactions") else (text,):
         args = [a.format(bad=bad, tmp=tmp_path, folder=root) for a in argv]
         code = cli_main(args)
@@ -211,7 +216,7 @@ def clf():
 def _methods(clf):
     from conftest import tiny_tokenizer
 
-    from captum_clip.attr import CCI, MaskCLIP, vit_gradcam
+    from captum_clip.attr import CCI, GradECLIP, GradientRollout, MaskCLIP, vit_gradcam
     from captum_clip.attr.interactions import IntegratedInteractions
     from captum_clip.models import ClipSimilarity
 
@@ -224,6 +229,8 @@ def _methods(clf):
         "CCI pixel": lambda x: CCI(clf, n_clusters=2, mask_mode="pixel").attribute(x, target=1),
         "vit_gradcam": lambda x: vit_gradcam(clf, x, target=1),
         "MaskCLIP": lambda x: MaskCLIP(clf).attribute(x, target=1),
+        "GradientRollout": lambda x: GradientRollout(clf).attribute(x, target=1),
+        "GradECLIP": lambda x: GradECLIP(clf).attribute(x, target=1),
         "interactions": lambda x: ii.explain(x, ["a red square"] * len(x), n_steps=2).attributions,
     }
 
@@ -231,7 +238,7 @@ def _methods(clf):
 @pytest.mark.parametrize(
     "method",
     ["ClipClassifier", "ClipSimilarity", "CCI attention", "CCI pixel", "vit_gradcam", "MaskCLIP",
-     "interactions"],
+     "GradientRollout", "GradECLIP", "interactions"],
 )  # fmt: skip
 def test_other_float_dtypes_are_cast_to_the_models(clf, method):
     fn = _methods(clf)[method]

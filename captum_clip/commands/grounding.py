@@ -156,11 +156,12 @@ def _through_pil(preprocess, images01, masks):
 
 def _folder_inputs(entries, preprocess):
     import torch
-    from PIL import Image
 
+    from captum_clip._images import read_image
     from captum_clip.grounding import prepare_pil
 
-    out = [prepare_pil(preprocess, Image.open(e["image"]), Image.open(e["mask"])) for e in entries]
+    out = [prepare_pil(preprocess, read_image(e["image"], None), read_image(e["mask"], None))
+           for e in entries]  # fmt: skip
     x, display, masks = (torch.stack(list(t)) for t in zip(*out))
     return x, display, masks, [e["caption"] for e in entries], [e["roles"] for e in entries]
 

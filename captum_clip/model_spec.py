@@ -43,6 +43,7 @@ __all__ = [
     "ModelSpec",
     "PretrainedUnavailableError",
     "default_templates",
+    "has_random_weights",
     "load_model_spec",
     "parse_model_spec",
     "resolve_device",
@@ -215,6 +216,17 @@ def parse_model_spec(
 def load_model_spec(spec: str | ModelSpec, device: str | torch.device = "cpu") -> LoadedClip:
     """Loads a model spec: ``parse_model_spec(spec).load(device)``."""
     return parse_model_spec(spec).load(device)
+
+
+def has_random_weights(spec: str | ModelSpec) -> bool:
+    """True when ``spec`` parses to an open_clip architecture without weights.
+
+    Anything that is not a valid spec (e.g. a table key of a user's own model) is False.
+    """
+    try:
+        return parse_model_spec(spec).random_weights
+    except (ValueError, TypeError):
+        return False
 
 
 def default_templates(spec: str | ModelSpec) -> tuple[str, ...]:

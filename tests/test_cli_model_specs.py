@@ -60,15 +60,52 @@ def _argv(command: str, spec: str, work, out) -> list[str]:
                 "--n-steps", "1", "--road-percentages", "50", "--max-images", "1",
                 "--out", str(out / "f.md"), "--no-progress", *dev]  # fmt: skip
     return ["covar", "eval", str(work / "covar"), "--models", spec, "--limit", "1",
-            "--n-clusters", "2", "--batch-size", "1", "--no-plot", "--no-progress",
+            "--n-clusters", "2", "--batch-size", "1", "--no-progress",
             "--out", str(out / "c"), *dev]  # fmt: skip
+
+
+#: What each command's figure must say about its target (checked on the Figure object).
+TARGET_TEXT = {
+    "explain": ("explains predicted '", "(p="),
+    "interactions": ("caption 'a photo of dots'", "score"),
+    "faithfulness": ("the maps explain the predicted class",),
+    "covar": ("covar eval:",),
+}
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib Figure saved during the test (the objects themselves)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    real = Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figures.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return figures
+
+
+def check_figure(fig, command: str, random: bool) -> None:
+    """Colour bar or legend, the target in a title, RANDOM WEIGHTS exactly when random."""
+    from captum_clip.viz.marks import figure_texts
+
+    scale = any(ax.get_label() == "<colorbar>" or ax.get_legend() for ax in fig.axes)
+    assert scale, f"{command}: no colour bar or legend"
+    texts = " | ".join(figure_texts(fig))
+    for needle in TARGET_TEXT.get(command, ()):
+        assert needle in texts, f"{command}: {needle!r} not in {texts!r}"
+    assert ("RANDOM WEIGHTS" in texts) == random, texts
 
 
 @pytest.mark.parametrize("kind", ["testbed", "random", "checkpoint"])
 @pytest.mark.parametrize(
     "command", ["explain", "interactions", "diagnose", "faithfulness", "covar"]
 )
-def test_every_command_takes_every_spec(command, kind, work, tmp_path, capsys):
+def test_every_command_takes_every_spec(command, kind, work, tmp_path, capsys, saved_figures):
     spec = {
         "testbed": "testbed:shortcut",
         "random": "ViT-B-32",
@@ -81,6 +118,9 @@ def test_every_command_takes_every_spec(command, kind, work, tmp_path, capsys):
     assert all(p.startswith(str(tmp_path)) for p in wrote)
     if command != "diagnose":
         assert wrote, captured.out
+        assert len(saved_figures) >= 1
+    for fig in saved_figures:
+        check_figure(fig, command, kind == "random")
 
 
 def test_checkpoint_spec_loads_the_saved_weights(work, capsys):

@@ -55,7 +55,8 @@ _ = torch.manual_seed(0)
 
 # %%
 model, preprocess, tokenizer = load_clip("testbed")
-class_names = list(shapes.CLASS_NAMES)  # surface patterns: solid, stripes, dots, checks
+class_names = list(shapes.CLASS_NAMES)  # the 6 surface patterns, printed below
+print(class_names)  # solid; horizontal, vertical, diagonal stripes; dots; checks
 clf = ClipClassifier(model, tokenizer, class_names, templates=["a photo of {}"])
 
 scenes = shapes.generate_scenes(N_IMAGES, seed=0)  # images in [0, 1], exact object masks

@@ -151,6 +151,7 @@ for n in (2, 4, N_STEPS):
 
 # %%
 fig = plot_interactions(result, images01[0], region=masks[0])
+fig  # noqa: B018  (a pyplot-free Figure: a notebook shows the last expression)
 
 # %% [markdown]
 # ## A batch of pairs — and what to expect from a tiny model

@@ -139,6 +139,7 @@ print("'cat' map on the patch grid:", tuple(cat_map.shape))
 
 # %%
 fig = plot_interactions(result, photos[0].resize((224, 224)), words=["cat", "carpet"])
+fig  # noqa: B018  (a pyplot-free Figure: a notebook shows the last expression)
 
 # %% [markdown]
 # ## What changes with real weights

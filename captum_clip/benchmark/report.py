@@ -193,11 +193,21 @@ def markdown_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def save_curve_plots(result: FaithfulnessResult, path: str | Path) -> Path:
-    """Saves the mean deletion and insertion probability curves of every method as a PNG."""
+def save_curve_plots(
+    result: FaithfulnessResult, path: str | Path, target: str = "predicted"
+) -> Path:
+    """Saves the mean deletion and insertion probability curves of every method as a PNG.
+
+    Args:
+        result: One model's benchmark result.
+        path: The PNG to write.
+        target: Which class the maps explain (``"predicted"`` or ``"true"``), for the title.
+    """
     from matplotlib.figure import Figure
 
     from captum_clip.metrics import plot_curves
+    from captum_clip.model_spec import has_random_weights
+    from captum_clip.viz.marks import mark_random_weights
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,5 +225,11 @@ def save_curve_plots(result: FaithfulnessResult, path: str | Path) -> Path:
         for line, style in zip(ax.get_lines(), ["-", "--", ":", "-."] * 4):
             line.set_linestyle(style)
         ax.legend(fontsize="x-small", ncol=2)
-    fig.savefig(path, dpi=90)
+    fig.suptitle(
+        f"{result.model}: mean curves over {result.n_images} images; the maps explain the "
+        f"{target} class, the curves follow its probability"
+    )
+    if has_random_weights(result.model):
+        mark_random_weights(fig)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # keeps a mark above the title
     return path

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from captum_clip.commands import _common
@@ -129,10 +130,8 @@ def run_build(args: argparse.Namespace) -> int:
         object_size=object_size,
         show_progress=not args.no_progress,
     )
-    print(
-        f"{len(res.manifest)} composites in {res.root} ({res.written} written, "
-        f"{res.skipped} already there)"
-    )
+    print(f"{len(res.manifest)} composites ({res.written} written, {res.skipped} already there)")
+    _common.wrote(f"{res.root}{os.sep}")  # one line for the folder of composites
     return 0
 
 

@@ -72,7 +72,10 @@ def add_parser(subparsers) -> None:
 
 
 def _finish(d, args, spec, what: str, causal: dict | None = None) -> int:
-    print(f"Diagnosis of {spec.text} on {what}, CCI K={args.n_clusters}, tau={args.tau}\n")
+    print(
+        f"Diagnosis of {spec.text} on {what}: CCI (K={args.n_clusters}) explains the "
+        f"predicted class, tau={args.tau}\n"
+    )
     print(_diagnosis.summary_table(d.summary(), args.tau, args.fine_threshold))
     if causal is not None:
         print("\nfg_share vs interventional truth (testbed.causal_labels):\n")

@@ -204,7 +204,9 @@ def _write(results, args, extra_settings: list[str], elapsed: float) -> int:
     plots = {}
     for r in results:
         png = out.with_name(f"{out.stem}_{slug(r.model)}.png")
-        save_curve_plots(r, png)
+        save_curve_plots(
+            r, png, "true" if getattr(args, "target", "pred") == "label" else "predicted"
+        )
         plots[r.model] = png.name
     command = getattr(args, "command_line", None) or "captum-clip " + shlex.join(sys.argv[1:])
     lines = _setting_lines(args, ms, mt, extra_settings)

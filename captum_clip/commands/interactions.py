@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     )
     words = args.words or None
     title = (
-        f"{spec.text}: {args.caption!r}, score {float(result.score[0]):.3f} "
-        f"(= four-term difference {float(result.score_difference[0]):.3f} "
-        f"- delta {float(result.delta[0]):.1e})"
+        f"{spec.text}: caption {args.caption!r}, score {float(result.score[0]):.3f}; the "
+        f"interactions sum to the four-term difference {float(result.score_difference[0]):.3f} "
+        f"(delta {float(result.delta[0]):.1e})"
     )
     fig = plot_interactions(
         result, picture.resize(images.shape[-1:-3:-1]), words=words, title=title

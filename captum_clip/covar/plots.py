@@ -13,15 +13,6 @@ from captum_clip.viz.marks import RANDOM_WEIGHTS, mark_random_weights
 __all__ = ["plot_summary"]
 
 
-def _random_weights(key: str) -> bool:
-    from captum_clip.model_spec import parse_model_spec
-
-    try:
-        return parse_model_spec(key).random_weights
-    except (ValueError, TypeError):  # a key that is no spec (a ModelEntry's own name)
-        return False
-
-
 def plot_summary(
     summary: pd.DataFrame, path: str | os.PathLike | None = None, title: str | None = None
 ):
@@ -39,6 +30,8 @@ def plot_summary(
     """
     from matplotlib.figure import Figure
 
+    from captum_clip.model_spec import has_random_weights
+
     needed = {
         "model",
         "subset",
@@ -53,7 +46,7 @@ def plot_summary(
         raise ValueError(f"summary lacks columns {sorted(missing)}")
     per = summary[summary["subset"] != "all"]
     models = list(dict.fromkeys(summary["model"]))
-    random = [m for m in models if _random_weights(m)]
+    random = [m for m in models if has_random_weights(m)]
     names = {m: f"{m} ({RANDOM_WEIGHTS})" if m in random else m for m in models}
     subsets = list(dict.fromkeys(per["subset"]))
     # a pyplot-free Figure: never switches the user's backend, nothing to close
@@ -113,5 +106,5 @@ def plot_summary(
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # keeps a mark above the title
     return fig

@@ -58,7 +58,7 @@ def plot_interactions(
     Returns:
         A ``matplotlib.figure.Figure``.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     if not 0 <= pair < result.attributions.shape[0]:
         raise ValueError(f"pair must be in [0, {result.attributions.shape[0] - 1}], got {pair}")
@@ -73,7 +73,7 @@ def plot_interactions(
     labels = [" ".join(tokens[i] for i in result.token_indices(s, pair)) for s in spans]
     lim = max(float(np.abs(m).max()) for m in maps) or 1.0
     n = len(spans) + 1
-    fig = plt.figure(figsize=(2.4 * n, 5.2), constrained_layout=True)
+    fig = Figure(figsize=(2.4 * n, 5.2), layout="constrained")  # pyplot-free
     grid = fig.add_gridspec(2, n, height_ratios=[1.0, 0.8])
     ax = fig.add_subplot(grid[0, 0])
     ax.imshow(img)
@@ -86,7 +86,7 @@ def plot_interactions(
         mappable = ax.imshow(m, cmap=cmap, vmin=-lim, vmax=lim, alpha=alpha)
         ax.set_title(f"{label}\n(patch sum {total:.3g})", fontsize=9)
         ax.axis("off")
-    fig.colorbar(mappable, ax=fig.axes[1:], shrink=0.8, label="interaction")
+    fig.colorbar(mappable, ax=fig.axes[1:], shrink=0.8, label="interaction (red raises the score)")
     bar = fig.add_subplot(grid[1, :])
     scores = result.token_scores(region, pair=pair).detach().cpu().numpy()
     last = max((i for i, t in enumerate(tokens) if t), default=len(tokens) - 1)
@@ -95,12 +95,23 @@ def plot_interactions(
     bar.bar(shown, scores[shown], color=colours)
     bar.set_xticks(shown, [tokens[i] for i in shown], rotation=45, ha="right", fontsize=8)
     bar.axhline(0, color="black", linewidth=0.5)
-    bar.set_ylabel("interaction with region" if region is not None else "interaction with image")
+    bar.set_ylabel(
+        "interaction with the region" if region is not None else "interaction with all patches",
+        fontsize=8,
+    )
+    bar.set_title(
+        "each token's interaction summed over "
+        + ("the region's patches" if region is not None else "all image patches")
+        + " (the image's CLS token excluded"
+        + ("" if region is not None else "; each word map above sums to its bar")
+        + ")",
+        fontsize=8,
+    )
     if title is None:
         title = (
-            f"score {float(result.score[pair]):.4f}, "
-            f"four-term difference {float(result.score_difference[pair]):.4f}, "
-            f"delta {float(result.delta[pair]):.1e}"
+            f"score {float(result.score[pair]):.4f}; the interactions sum to the four-term "
+            f"difference {float(result.score_difference[pair]):.4f} "
+            f"(delta {float(result.delta[pair]):.1e})"
         )
     fig.suptitle(title, fontsize=10)
     return fig

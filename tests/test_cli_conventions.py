@@ -188,6 +188,8 @@ def test_every_command_writes_only_under_the_working_directory(tmp_path, monkeyp
         ["faithfulness", "testbed", "--variants", "default", "--n", "1", *fast],
         ["faithfulness", "folder", str(folder), "--model", "testbed", "--classes",
          *shapes.CLASS_NAMES, "--out", "ff/report.md", "--csv", "ff/rows.csv", *fast],
+        ["grounding", "testbed", "--model", "testbed:default", "--n", "1", "--seeds", "0",
+         "--n-steps", "1", "--examples", "1", "--out", "gr", "--no-progress"],
         ["covar", "build", "--out", "cv", "--n-per-class", "1", "--n-backgrounds", "1",
          "--classes", "dots", "--no-progress"],
         ["covar", "eval", "cv", "--limit", "2", "--n-clusters", "2", "--batch-size", "2",

@@ -32,14 +32,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_clip._region_ablation import region_effects
 from captum_clip._validate import check_batch_size, check_target
 from captum_clip.metrics import mask_iou, mask_share
 from captum_clip.metrics._common import check_inputs
 
-__all__ = ["CATEGORIES", "Diagnosis", "causal_agreement", "close_pairs", "diagnose", "summarise"]
+__all__ = [
+    "CATEGORIES",
+    "REGION_ABLATION",
+    "Diagnosis",
+    "causal_agreement",
+    "close_pairs",
+    "diagnose",
+    "summarise",
+]
 
 CATEGORIES: tuple[str, ...] = ("BG-Er", "Fine-Er", "FG-Er")
 """Error categories of misclassified images (``"correct"`` for the others)."""
+REGION_ABLATION = "region_ablation"
+"""``method=`` value of the region-ablation mode (hide object / background, no map)."""
 
 
 @dataclass
@@ -66,15 +77,18 @@ class Diagnosis:
               decided);
             - ``category``: ``"correct"``, ``"BG-Er"``, ``"Fine-Er"``, ``"FG-Er"``,
               ``"unknown"`` (misclassified, empty mask) or ``None`` without labels.
-        tau: Threshold used for ``driver``.
+        tau: Threshold used for ``driver`` (attribution mode).
         fine_threshold: Cosine threshold used for ``close`` (when embeddings decided it).
         class_names: Class names (index = class).
+        mode: ``"attribution"`` (``fg_share`` of an attribution map decides the driver)
+            or ``"region_ablation"`` (the larger of ``fg_effect`` and ``bg_effect``).
     """
 
     table: pd.DataFrame
     tau: float
     fine_threshold: float
     class_names: list[str] | None = None
+    mode: str = "attribution"
 
     def __len__(self) -> int:
         return len(self.table)
@@ -90,7 +104,7 @@ class Diagnosis:
             A dict for ``by=None``, else a DataFrame with one row per group.
         """
         if by is None:
-            return summarise(self.table)
+            return {"mode": self.mode, **summarise(self.table)}
         keys = [by] if isinstance(by, str) else list(by)
         missing = [k for k in keys if k not in self.table.columns]
         if missing:
@@ -102,6 +116,7 @@ class Diagnosis:
             out.index = pd.MultiIndex.from_tuples(out.index, names=keys)
         else:
             out.index.name = keys[0]
+        out.insert(0, "mode", self.mode)
         return out
 
 
@@ -152,7 +167,9 @@ def causal_agreement(fg_share: Any, causal: Any, tau: float = 0.5) -> dict[str, 
     :func:`captum_clip.testbed.causal.causal_labels`).
 
     Args:
-        fg_share: ``(B,)`` shares (array, tensor, Series or a :class:`Diagnosis`).
+        fg_share: ``(B,)`` shares (array, tensor, Series) or a :class:`Diagnosis` (its
+            ``fg_share``; in region-ablation mode its ``fg_effect - bg_effect``, with the
+            accuracy of its ``driver``).
         causal: ``B`` label strings, or a ``CausalLabels`` (its ``labels``).
         tau: Threshold of the diagnosis.
 
@@ -163,8 +180,13 @@ def causal_agreement(fg_share: Any, causal: Any, tau: float = 0.5) -> dict[str, 
     """
     from sklearn.metrics import roc_auc_score
 
+    threshold = _check_tau(tau)
     if isinstance(fg_share, Diagnosis):
-        fg_share = fg_share.table["fg_share"]
+        if fg_share.mode == REGION_ABLATION:  # driver: fg_effect - bg_effect >= 0
+            threshold = 0.0
+            fg_share = fg_share.table["fg_effect"] - fg_share.table["bg_effect"]
+        else:
+            fg_share = fg_share.table["fg_share"]
     share = np.asarray(torch.as_tensor(np.asarray(fg_share, dtype=np.float64)), dtype=np.float64)
     labels = np.asarray(getattr(causal, "labels", causal), dtype=object)
     if share.ndim != 1 or labels.shape != share.shape:
@@ -181,7 +203,7 @@ def causal_agreement(fg_share: Any, causal: Any, tau: float = 0.5) -> dict[str, 
         "n": n,
         "n_foreground": n_fg,
         "n_background": n - n_fg,
-        "accuracy": float(((s >= _check_tau(tau)) == is_fg).mean()) if n else float("nan"),
+        "accuracy": float(((s >= threshold) == is_fg).mean()) if n else float("nan"),
         "majority": max(n_fg, n - n_fg) / n if n else float("nan"),
         "auroc": float(roc_auc_score(is_fg, s)) if both else float("nan"),
     }
@@ -340,7 +362,13 @@ def diagnose(
             ``(B, 1, H, W)`` or ``(B, H, W)``. If ``None`` they are computed with ``method``.
         method: A Captum attribution object (``.attribute(x, target=t)``) or a callable
             ``(x, target) -> attributions``; default
-            :meth:`CCI.default_for(forward_func) <captum_clip.attr.cci.CCI.default_for>`.
+            :meth:`CCI.default_for(forward_func) <captum_clip.attr.cci.CCI.default_for>`. Or
+            ``"region_ablation"``: no attribution map; the object and, separately, the
+            background are hidden (two extra rows per image, attention masking at patch
+            resolution for ViTs, mean-colour pixels otherwise), the table gains
+            ``fg_effect`` / ``bg_effect`` (target-logit drops) and the driver is the
+            region whose hiding costs more (``tau`` unused; ``fg_share`` becomes the
+            positive-effect share ``fg+ / (fg+ + bg+)``, ``iou`` is NaN).
         target: Class to analyse: ``"pred"`` (predicted class, default), ``"label"``, or
             class indices (int or ``(B,)``).
         tau: Foreground threshold on ``fg_share`` in ``[0, 1]``.
@@ -380,6 +408,14 @@ def diagnose(
         raise TypeError(
             f"masks must be a (B, H, W) tensor or a MaskProvider, got {type(masks).__name__}"
         )
+    ablation = isinstance(method, str)
+    if ablation and method != REGION_ABLATION:
+        raise ValueError(
+            f"method must be an attribution object, a callable or {REGION_ABLATION!r}, "
+            f"got {method!r}"
+        )
+    if ablation and attributions is not None:
+        raise ValueError(f"method={REGION_ABLATION!r} computes no map: drop attributions=")
     if attributions is not None:
         if not isinstance(attributions, Tensor):
             raise TypeError(f"attributions must be a tensor, got {type(attributions).__name__}")
@@ -389,10 +425,10 @@ def diagnose(
             )
     elif method is None:
         method = _default_method(forward_func)
-    elif not (hasattr(method, "attribute") or callable(method)):
+    elif not (ablation or hasattr(method, "attribute") or callable(method)):
         raise TypeError("method must have .attribute(inputs, target=...) or be callable")
 
-    preds, targets, shares, ious, areas = [], [], [], [], []
+    preds, targets, shares, ious, areas, effects, known = [], [], [], [], [], [], []
     label_t = None
     n_classes = None
     starts = range(0, n, internal_batch_size)
@@ -428,19 +464,28 @@ def diagnose(
             m = _check_masks(m, x.shape[0], size, "masks from the MaskProvider")
         else:
             m = masks[sl]
-        if attributions is not None:
+        nonempty = m.flatten(1).any(1).cpu()
+        iou = torch.full((x.shape[0],), float("nan"))
+        if ablation:
+            _, fg_eff, bg_eff = region_effects(forward_func, x, m, tgt, output=out)
+            effects.append(torch.stack([fg_eff, bg_eff], 1))
+            pos_fg, pos_bg = fg_eff.clamp_min(0), bg_eff.clamp_min(0)
+            share = pos_fg / (pos_fg + pos_bg)  # NaN when neither hiding costs anything
+            nonempty &= ~torch.isnan(fg_eff)
+            a = None
+        elif attributions is not None:
             a = attributions[sl]
         else:
             a = _attribute(method, x, tgt.to(x.device))
-        m = m.to(a.device)
-        share = mask_share(a, m).detach().float().cpu()
-        nonempty = m.flatten(1).any(1).cpu()
-        iou = torch.full((x.shape[0],), float("nan"))
-        for i in nonempty.nonzero().flatten().tolist():
+        if a is not None:
+            m = m.to(a.device)
+            share = mask_share(a, m).detach().float().cpu()
+        for i in nonempty.nonzero().flatten().tolist() if a is not None else []:
             # one call per image, seeded by its global index: ties at the threshold are
             # broken the same way whatever the batch split
             iou[i] = float(mask_iou(a[i : i + 1], m[i : i + 1], seed=s + i)[0])
         share[~nonempty] = float("nan")
+        known.append(nonempty)
         preds.append(pred)
         targets.append(tgt.cpu())
         shares.append(share)
@@ -449,10 +494,13 @@ def diagnose(
 
     pred = torch.cat(preds)
     share = torch.cat(shares)
-    if torch.isnan(share).any():
+    n_unknown = int((~torch.cat(known)).sum())
+    if n_unknown:
+        what = (
+            "an empty object mask" if not ablation else "an object mask covering no or every patch"
+        )
         warnings.warn(
-            f"{int(torch.isnan(share).sum())} image(s) have an empty object mask; their "
-            "driver and error category are left unknown",
+            f"{n_unknown} image(s) have {what}; their driver and error category are left unknown",
             stacklevel=2,
         )
     table = pd.DataFrame(
@@ -464,9 +512,14 @@ def diagnose(
             "mask_area": torch.cat(areas).numpy(),
         }
     )
-    table["driver"] = np.where(
-        np.isnan(share.numpy()), None, np.where(share.numpy() >= tau, "foreground", "background")
-    )
+    if ablation:
+        eff = torch.cat(effects).numpy()
+        table.insert(table.columns.get_loc("fg_share"), "fg_effect", eff[:, 0])
+        table.insert(table.columns.get_loc("fg_share"), "bg_effect", eff[:, 1])
+        unknown, is_fg = np.isnan(eff[:, 0]), eff[:, 0] >= eff[:, 1]
+    else:
+        unknown, is_fg = np.isnan(share.numpy()), share.numpy() >= tau
+    table["driver"] = np.where(unknown, None, np.where(is_fg, "foreground", "background"))
     if class_names is not None:
         table.insert(2, "pred_name", [class_names[i] for i in pred.tolist()])
     _add_label_columns(
@@ -479,7 +532,8 @@ def diagnose(
         fine_threshold,
         forward_func,
     )
-    return Diagnosis(table, tau, float(fine_threshold), class_names)
+    mode = REGION_ABLATION if ablation else "attribution"
+    return Diagnosis(table, tau, float(fine_threshold), class_names, mode)
 
 
 def _add_label_columns(

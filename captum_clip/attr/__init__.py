@@ -1,5 +1,7 @@
 """Attribution methods for CLIP models, Captum-style."""
 
+from captum_clip.attr._region_games import grid_regions
+from captum_clip.attr._regions import ESTIMATORS
 from captum_clip.attr.cci import CCI, CCIResult, ClusterConceptImportance
 from captum_clip.attr.grad_eclip import GradECLIP
 from captum_clip.attr.gradcam import ViTGradCam, vit_gradcam
@@ -10,6 +12,7 @@ from captum_clip.attr.rollout import GradientRollout
 __all__ = [
     "CCI",
     "CCIResult",
+    "ESTIMATORS",
     "ClusterConceptImportance",
     "GradECLIP",
     "GradientRollout",
@@ -17,5 +20,6 @@ __all__ = [
     "InteractionResult",
     "MaskCLIP",
     "ViTGradCam",
+    "grid_regions",
     "vit_gradcam",
 ]

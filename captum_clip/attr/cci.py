@@ -30,7 +30,9 @@ from torch import Tensor, nn
 from captum_clip._hooks import HookManager, preserve_model_state
 from captum_clip._towers import VisionTower
 from captum_clip._validate import check_batch_size, check_images, check_target
+from captum_clip.attr import _regions
 from captum_clip.attr._kmeans import batched_kmeans, sklearn_labels
+from captum_clip.attr._region_games import game_values, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
 from captum_clip.metrics._common import make_baseline
 from captum_clip.models import resolve_tower
@@ -55,7 +57,12 @@ class CCIResult:
             has fewer than ``K`` (non-empty) clusters.
         weights: ``(B, K)`` normalised weights ``w_k`` (NaN padded like ``scores``).
         base_score: ``(B,)`` target score of the unmasked images.
-        n_clusters: The requested K.
+        n_clusters: The requested K (with user ``regions``: the largest K of the batch).
+        values: ``(B, K)`` the estimator's region values (NaN padded); for
+            ``"occlusion"`` the drops :attr:`deltas`. ``weights`` normalise them.
+        estimator: The region estimator (see :class:`CCI`). With other estimators than
+            ``"occlusion"``, ``scores`` holds the leave-one-out score only where the
+            estimator evaluated that coalition (NaN elsewhere).
     """
 
     labels: Tensor
@@ -63,6 +70,8 @@ class CCIResult:
     weights: Tensor
     base_score: Tensor
     n_clusters: int
+    values: Tensor | None = None
+    estimator: str = "occlusion"
 
     @property
     def deltas(self) -> Tensor:
@@ -137,8 +146,16 @@ class CCI(PerturbationAttribution):
         clusterer: Optional scikit-learn style estimator with ``fit_predict`` (cloned per
             image; its ``n_clusters`` is set to K). Default: the batched torch k-means
             (:func:`captum_clip.attr._kmeans.batched_kmeans`, 4 restarts).
-        random_state: Seed of the default k-means.
+        random_state: Seed of the default k-means and of the sampled permutations.
         score: ``"logit"`` (the raw output at ``target``) or ``"prob"`` (softmax first).
+        estimator: How a region's value is estimated from coalitions of hidden regions
+            (``docs/cci.md``): ``"occlusion"`` (the paper: drop when region k alone is
+            hidden; K+1 forwards per image), ``"sufficiency"`` (score with only k
+            visible minus score with nothing visible; K+2), ``"shapley"`` / ``"banzhaf"``
+            (exact, all 2^K coalitions, K <= 10) or ``"sampled_shapley"`` (antithetic
+            permutation sampling within ``budget``). All rows of all images run as one
+            batched masked forward.
+        budget: ``"sampled_shapley"`` only: masked forwards per image (>= K).
     """
 
     def __init__(
@@ -153,6 +170,8 @@ class CCI(PerturbationAttribution):
         clusterer: Any = None,
         random_state: int = 0,
         score: str = "logit",
+        estimator: str = "occlusion",
+        budget: int | None = None,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
@@ -189,6 +208,14 @@ class CCI(PerturbationAttribution):
         self.clusterer = clusterer
         self.random_state = random_state
         self.score = score
+        if budget is not None and estimator != "sampled_shapley":
+            raise ValueError(
+                f"budget is only used by estimator='sampled_shapley', got {estimator!r}"
+            )
+        for k in self.n_clusters:  # validates estimator, K and budget
+            _regions.plan(estimator, k, budget, random_state)
+        self.estimator = estimator
+        self.budget = budget
 
     @classmethod
     def default_for(
@@ -365,6 +392,7 @@ class CCI(PerturbationAttribution):
         internal_batch_size: int | None = None,
         show_progress: bool = False,
         return_clusters: bool = False,
+        regions: Tensor | None = None,
     ) -> Any:
         """CCI attributions with the inputs' shape.
 
@@ -380,6 +408,13 @@ class CCI(PerturbationAttribution):
             show_progress: tqdm bar over the forward chunks.
             return_clusters: Also return a :class:`CCIResult` (a tuple of them, one per
                 K, for a multi-K ensemble).
+            regions: Regions given by the user instead of k-means (``n_clusters`` and
+                ``clusterer`` are then unused): ``(B, H, W)`` or shared ``(H, W)``
+                integer labels (superpixels, :func:`grid_regions`), a ``(B, H, W)`` bool
+                mask (object vs rest) or a ``(B, R, H, W)`` stack of disjoint bool masks
+                (SAM). Attention mode hides them at patch resolution (each patch joins
+                the region covering most of its pixels; ``docs/cci.md``), pixel mode
+                exactly.
 
         Returns:
             Attributions ``(B, 3, H, W)`` (a 1-tuple if ``inputs`` was one), and with
@@ -402,15 +437,33 @@ class CCI(PerturbationAttribution):
             tgt = self._targets(target, out, inputs.shape[0])
             base = self._select(out, tgt)
             grid = tuple(feats.shape[1:3])
-            clusters = [self._cluster(feats, k) for k in self.n_clusters]
-            scores = self._scores(
-                inputs, args, tgt, clusters, grid, baselines, internal_batch_size, show_progress
-            )
+            ks = self.n_clusters
+            if regions is not None:  # pixel mode: at pixel resolution, exactly as given
+                pixels = self.mask_mode == "pixel"
+                grid = tuple(inputs.shape[-2:]) if pixels else grid
+                clusters = [user_partition(regions, inputs, None if pixels else grid)]
+                ks = (int(clusters[0][1].max()),)
+            else:
+                clusters = [self._cluster(feats, k) for k in self.n_clusters]
+            if self.estimator == "occlusion" and regions is None:
+                scores = self._scores(
+                    inputs, args, tgt, clusters, grid, baselines, internal_batch_size,
+                    show_progress,
+                )  # fmt: skip
+                values = [base[:, None] - s for s in scores]
+            else:
+                scores, values = game_values(
+                    lambda hidden, valid: self._variant_scores(
+                        inputs, args, tgt, hidden, valid, grid, baselines,
+                        internal_batch_size, show_progress,
+                    ),
+                    base, clusters, ks, self.estimator, self.budget, self.random_state,
+                )  # fmt: skip
         all_labels = [labels.reshape(-1, *grid) for labels, _ in clusters]
         results = []
         maps = torch.zeros(inputs.shape[0], 1, *inputs.shape[-2:], device=inputs.device)
-        for labels, s, k in zip(all_labels, scores, self.n_clusters):
-            res = CCIResult(labels, s, self._weights(base[:, None] - s), base, k)
+        for labels, s, v, k in zip(all_labels, scores, values, ks):
+            res = CCIResult(labels, s, self._weights(v), base, k, v, self.estimator)
             results.append(res)
             kw = {} if self.upsample == "nearest" else {"align_corners": False}
             patch = res.patch_map()[:, None].float()

@@ -41,6 +41,8 @@ class MethodSettings:
     Attributes:
         cci_k: K of single-K CCI.
         cci_multi_k: The Ks of the multi-K CCI ensemble.
+        cci_sampled_k: K of CCI with the permutation-sampling Shapley estimator.
+        cci_budget: Masked forwards per image of that estimator.
         ig_steps: Integrated Gradients steps (Riemann trapezoid, zero = mean-colour baseline).
         superpixels: Target number of SLIC segments (FeatureAblation, KernelShap, Lime).
         shap_samples: Perturbed samples per image of KernelShap and Lime.
@@ -49,6 +51,8 @@ class MethodSettings:
 
     cci_k: int = 7
     cci_multi_k: tuple[int, ...] = (3, 5, 7, 9)
+    cci_sampled_k: int = 16
+    cci_budget: int = 127
     ig_steps: int = 16
     superpixels: int = 24
     shap_samples: int = 64
@@ -148,6 +152,28 @@ def _cci(k: Any) -> Callable[[Any, MethodSettings], AttributeFn]:
         ks = (s.cci_k,) if k == "single" else tuple(s.cci_multi_k)
         method = CCI(
             clf, n_clusters=ks if len(ks) > 1 else ks[0], mask_mode="attention" if vit else "pixel"
+        )
+        return lambda x, t: method.attribute(x, target=t, internal_batch_size=s.batch_size)
+
+    return build
+
+
+def _cci_estimator(
+    estimator: str, score: str = "logit"
+) -> Callable[[Any, MethodSettings], AttributeFn]:
+    """Single-K CCI with another region estimator (``docs/cci.md``)."""
+
+    def build(clf: Any, s: MethodSettings) -> AttributeFn:
+        from captum_clip.attr.cci import CCI
+
+        sampled = estimator == "sampled_shapley"
+        method = CCI(
+            clf,
+            n_clusters=s.cci_sampled_k if sampled else s.cci_k,
+            mask_mode="attention" if clf.vision.is_vit else "pixel",
+            estimator=estimator,
+            budget=s.cci_budget if sampled else None,
+            score=score,
         )
         return lambda x, t: method.attribute(x, target=t, internal_batch_size=s.batch_size)
 
@@ -282,6 +308,11 @@ def _pgc_gradcam(clf: Any, s: MethodSettings) -> AttributeFn:
 METHODS: dict[str, Callable[[Any, MethodSettings], AttributeFn]] = {
     "CCI": _cci("single"),
     "CCI multi-K": _cci("multi"),
+    "CCI sufficiency": _cci_estimator("sufficiency"),
+    "CCI banzhaf": _cci_estimator("banzhaf"),
+    "CCI shapley": _cci_estimator("shapley"),
+    "CCI shapley prob": _cci_estimator("shapley", "prob"),
+    "CCI sampled-shapley": _cci_estimator("sampled_shapley"),
     "vit_gradcam": _vit_gradcam,
     "MaskCLIP": _clip_method("MaskCLIP"),
     "GradECLIP": _clip_method("GradECLIP"),

@@ -16,6 +16,11 @@ DEFAULT_OUT = "captum_clip_faithfulness/faithfulness.md"
 METHOD_NAMES = (
     "CCI",
     "CCI multi-K",
+    "CCI sufficiency",
+    "CCI banzhaf",
+    "CCI shapley",
+    "CCI shapley prob",
+    "CCI sampled-shapley",
     "vit_gradcam",
     "MaskCLIP",
     "GradECLIP",
@@ -169,7 +174,8 @@ def _setting_lines(args, ms, mt, extra: list[str]) -> list[str]:
         pgc = "grad-cam not installed (peer skipped)"
     return extra + [
         f"Method settings (the tables list the methods that ran): CCI K={ms.cci_k} and multi-K {ms.cci_multi_k} (attention mode on ViTs, "
-        "logit score), vit_gradcam (second-to-last block), MaskCLIP, GradECLIP, "
+        f"logit score; the 'CCI <estimator>' rows: K={ms.cci_k} regions valued by that estimator, "
+        f"'CCI sampled-shapley' K={ms.cci_sampled_k} with {ms.cci_budget} masked forwards, docs/cci.md), vit_gradcam (second-to-last block), MaskCLIP, GradECLIP, "
         f"GradientRollout (all blocks), IntegratedGradients ({ms.ig_steps} steps, zero "
         "= mean-colour baseline), Saliency, InputXGradient, Occlusion (patch-sized windows, "
         f"stride = patch, zero baseline), FeatureAblation / KernelShap / Lime on SLIC "

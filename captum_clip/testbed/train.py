@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     config = zoo.load_config(args.variant)
     if args.config is not None:
         config = json.loads(args.config.read_text())
+    size = int(config["data"]["image_size"])
     if args.eval_only:
         if args.out is not None:
             from safetensors.torch import load_file
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             model.eval()
         else:
             model, _, tok = zoo.load_testbed(args.variant)
-        metrics = evaluate(model, tok, n=args.eval_n, seed=args.eval_seed)
+        metrics = evaluate(model, tok, n=args.eval_n, seed=args.eval_seed, size=size)
         print(markdown_table(metrics, args.variant))
         if args.update_json:
             meta_path = Path(args.out or zoo.weights_path(args.variant)).with_suffix(".json")
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.time() - t0) / 60
     # evaluate exactly what is saved: weights rounded to fp16
     model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
-    metrics = evaluate(model, tok, n=args.eval_n, seed=args.eval_seed)
+    metrics = evaluate(model, tok, n=args.eval_n, seed=args.eval_seed, size=size)
     metrics.update(
         train_minutes=round(minutes, 2),
         eval_n=args.eval_n,

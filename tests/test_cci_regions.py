@@ -185,3 +185,12 @@ def test_errors(clf, x):
         CCI(clf).attribute(x, target=0, regions=torch.ones(2, 2, 32, 32, dtype=torch.bool))
     with pytest.raises(ValueError, match="K <= 10"):  # 16 single-patch regions
         CCI(clf, estimator="shapley").attribute(x, target=0, regions=grid_regions(32, 4))
+
+
+def test_multi_k_estimator_is_the_mean_of_single_k(clf, x):
+    multi, res = CCI(clf, n_clusters=(2, 3), estimator="banzhaf").attribute(
+        x, target=0, return_clusters=True
+    )
+    singles = [CCI(clf, n_clusters=k, estimator="banzhaf").attribute(x, target=0) for k in (2, 3)]
+    torch.testing.assert_close(multi, (singles[0] + singles[1]) / 2, rtol=1e-4, atol=1e-5)
+    assert [r.estimator for r in res] == ["banzhaf", "banzhaf"]

@@ -93,14 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="tie/sampling seeds")
     p.add_argument("--no-preset", action="store_true", help="skip the Grad-ECLIP preset run")
+    p.add_argument("--captions-per-image", type=int, default=3, choices=(1, 2, 3, 4),
+                   help="1: class only ('a photo of dots'); 3: + colour/background forms")  # fmt: skip
     p.add_argument("--work", default=str(Path.home() / ".cache/captum_clip/retrieval_testbed"))
     p.add_argument("--out", default=str(RESULTS / "retrieval_testbed.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0, cpu0 = time.perf_counter(), time.process_time()
     work, out = Path(args.work), Path(args.out)
-    images, captions = write_caption_gallery(work / f"gallery-{args.n}", args.n,
-                                             seed=TESTBED_SEED, rho=0.5, captions_per_image=3)  # fmt: skip
+    cpi = args.captions_per_image
+    tag = f"n{args.n}" + ("" if cpi == 3 else f"-c{cpi}")
+    images, captions = write_caption_gallery(work / f"gallery-{tag}", args.n, seed=TESTBED_SEED,
+                                             rho=0.5, captions_per_image=cpi)  # fmt: skip
     gallery = load_captions(captions, images)
     csv = RESULTS / "faithfulness.csv"
     table = pd.read_csv(csv) if csv.is_file() else None
@@ -113,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`",
         "",
         f"Gallery: the {args.n} scenes of `faithfulness.md` (rho=0.5, seed {TESTBED_SEED}), "
-        f"{len(gallery.captions)} captions (3 per scene: class; colour + class + background; "
-        "class + background). Each image is explained against its own caption set "
+        f"{len(gallery.captions)} captions ({cpi} per scene, the first of: class; colour + class "
+        "+ background; class + background; two colours + class). Each image is explained against its own caption set "
         "(`CaptionSetSimilarity`, target = the image's index). Cells: AUC (rank among the "
         "methods); `cls.` columns: the classification benchmark's deletion/insertion AUC "
         "of the predicted class's probability on the same images (`faithfulness.csv`).",
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 evaluate_retrieval(
                     f"testbed:{variant}",
                     gallery,
-                    work / f"{variant}-{protocol}-n{args.n}-s{seed}",
+                    work / f"{variant}-{protocol}-{tag}-s{seed}",
                     methods=args.methods,
                     settings=_settings(protocol, seed),
                     batch_size=16,

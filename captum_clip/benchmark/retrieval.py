@@ -163,6 +163,7 @@ class RetrievalResult:
         computed: (method, image) pairs this process computed in this call.
         n_images, n_captions: Gallery size.
         out_dir: The output folder.
+        device: The device this process ran on.
     """
 
     summary: pd.DataFrame
@@ -174,6 +175,7 @@ class RetrievalResult:
     n_images: int = 0
     n_captions: int = 0
     out_dir: Path | None = None
+    device: str = "cpu"
 
 
 def _check_args(gallery: Any, batch_size: Any, methods: Any) -> list[str]:
@@ -397,8 +399,10 @@ def evaluate_retrieval(
         ctx.close()
     summary, curves, clean = (pd.read_csv(out / f"{s}.csv") for s in ("summary", "curves", "clean"))
     cost = pd.read_csv(out / "cost.csv", index_col="method")
-    return RetrievalResult(summary, curves, clean, cost, skipped, computed, len(gallery),
-                           len(gallery.captions), out)  # fmt: skip
+    return RetrievalResult(
+        summary, curves, clean, cost, skipped, computed, len(gallery), len(gallery.captions),
+        out, str(ctx.device),
+    )  # fmt: skip
 
 
 def _write_csv(table: pd.DataFrame, path: Path, index: bool = False) -> None:

@@ -114,7 +114,7 @@ def save_retrieval_plots(
         raise ValueError(f"k={k} was not computed; available: {ks}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(12, 8), layout="constrained")
+    fig = Figure(figsize=(12, 9), layout="constrained")
     clean = result.clean.set_index(["direction", "k"])["recall"]
     styles = ["-", "--", ":", "-."]
     for i, mode in enumerate(("deletion", "insertion")):
@@ -130,6 +130,8 @@ def save_retrieval_plots(
             ax.set_xlabel(f"fraction of pixels {'deleted' if mode == 'deletion' else 'inserted'}")
             ax.set_ylabel(f"{NAMES[d]}@{k} over the gallery")
             ax.set_ylim(-0.02, 1.02)
-            ax.legend(fontsize="x-small", ncol=2)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6),
+               fontsize="small", title="method")  # fmt: skip
     fig.savefig(path, dpi=90)
     return path

@@ -136,7 +136,7 @@ def run_retrieval_command(args: argparse.Namespace) -> int:
         "captions' embeddings) through ClipSimilarity.",
         f"Methods: CCI K={args.cci_k}, Integrated Gradients {args.ig_steps} steps; others "
         "as in `faithfulness testbed`. Batches of "
-        f"{args.batch_size} images; device {args.device}; torch {torch.__version__}.",
+        f"{args.batch_size} images; device {result.device}; torch {torch.__version__}.",
         f"Wall clock of this call: {(time.perf_counter() - t0) / 60:.1f} min "
         f"({result.computed} method-image pairs computed, the rest read from parts/).",
     ]

@@ -28,13 +28,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from captum_clip._region_ablation import region_effects
+from captum_clip._diagnosis_batch import (
+    REGION_ABLATION,
+    _check_masks,
+    _forward,
+    measure_batch,
+)
+from captum_clip._diagnosis_table import build_table, close_pairs, summarise
 from captum_clip._validate import check_batch_size, check_target
-from captum_clip.metrics import mask_iou, mask_share
 from captum_clip.metrics._common import check_inputs
 
 __all__ = [
@@ -44,13 +48,12 @@ __all__ = [
     "causal_agreement",
     "close_pairs",
     "diagnose",
+    "measure_batch",
     "summarise",
 ]
 
 CATEGORIES: tuple[str, ...] = ("BG-Er", "Fine-Er", "FG-Er")
 """Error categories of misclassified images (``"correct"`` for the others)."""
-REGION_ABLATION = "region_ablation"
-"""``method=`` value of the region-ablation mode (hide object / background, no map)."""
 
 
 @dataclass
@@ -120,46 +123,6 @@ class Diagnosis:
         return out
 
 
-def summarise(table: pd.DataFrame) -> dict[str, Any]:
-    """Counts and rates of a diagnosis table (or any subset of its rows).
-
-    Keys: ``n``; ``n_correct``, ``accuracy``, ``n_errors`` (labels needed, else ``NaN``);
-    ``foreground``, ``background``, ``unknown`` (driver counts; ``unknown`` = empty mask),
-    ``foreground_rate`` (among images with a known driver); ``mean_fg_share``,
-    ``mean_iou``; ``bg_er``, ``fine_er``, ``fg_er``, ``unknown_er`` (error counts) and
-    ``bg_er_rate``, ``fine_er_rate``, ``fg_er_rate`` (each a share of the errors, so with
-    no unknown errors they sum to 1; ``NaN`` without errors).
-    """
-    n = len(table)
-    driver = table["driver"]
-    fg = int((driver == "foreground").sum())
-    bg = int((driver == "background").sum())
-    out: dict[str, Any] = {"n": n}
-    has_labels = "correct" in table and table["correct"].notna().any()
-    if has_labels:
-        n_correct = int(table["correct"].fillna(False).astype(bool).sum())
-        out.update(n_correct=n_correct, accuracy=n_correct / n if n else float("nan"))
-        out["n_errors"] = n - n_correct
-    else:
-        out.update(n_correct=float("nan"), accuracy=float("nan"), n_errors=float("nan"))
-    out.update(
-        foreground=fg,
-        background=bg,
-        unknown=n - fg - bg,
-        foreground_rate=fg / (fg + bg) if fg + bg else float("nan"),
-        mean_fg_share=float(table["fg_share"].mean()) if n else float("nan"),
-        mean_iou=float(table["iou"].mean()) if n else float("nan"),
-    )
-    cat = table["category"]
-    n_err = out["n_errors"] if has_labels else 0
-    for key, name in (("bg_er", "BG-Er"), ("fine_er", "Fine-Er"), ("fg_er", "FG-Er")):
-        count = int((cat == name).sum())
-        out[key] = count if has_labels else float("nan")
-        out[f"{key}_rate"] = count / n_err if n_err else float("nan")
-    out["unknown_er"] = int((cat == "unknown").sum()) if has_labels else float("nan")
-    return out
-
-
 def causal_agreement(fg_share: Any, causal: Any, tau: float = 0.5) -> dict[str, float]:
     """How well ``fg_share`` predicts a causal foreground/background label.
 
@@ -209,86 +172,6 @@ def causal_agreement(fg_share: Any, causal: Any, tau: float = 0.5) -> dict[str, 
     }
 
 
-# ----------------------------------------------------------------------- closeness
-def _class_index(item: Any, class_names: Sequence[str] | None, n_classes: int) -> int:
-    if isinstance(item, str):
-        if class_names is None or item not in class_names:
-            raise ValueError(f"fine_groups names unknown class {item!r}; known: {class_names}")
-        return list(class_names).index(item)
-    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-        if not 0 <= int(item) < n_classes:
-            raise ValueError(f"fine_groups class index {item} not in [0, {n_classes})")
-        return int(item)
-    raise TypeError(f"fine_groups entries must be class names or indices, got {item!r}")
-
-
-def close_pairs(
-    n_classes: int,
-    class_names: Sequence[str] | None = None,
-    fine_groups: Sequence[Any] | Mapping[Any, Any] | None = None,
-    text_embeddings: Tensor | None = None,
-    fine_threshold: float = 0.8,
-) -> tuple[Tensor, Tensor]:
-    """Which class pairs count as close relatives (for ``Fine-Er``).
-
-    Args:
-        n_classes: Number of classes.
-        class_names: Names, to resolve names in ``fine_groups``.
-        fine_groups: Either a sequence of groups (each a set/list of class names or indices;
-            two classes are close when one group holds both) or a hierarchy mapping
-            ``class -> parent`` (close when they share the parent). Decides when given.
-        text_embeddings: ``(n_classes, D)`` class text embeddings; close when their cosine
-            is above ``fine_threshold``. Used when ``fine_groups`` is ``None``.
-        fine_threshold: Cosine threshold in ``[-1, 1]``.
-
-    Returns:
-        ``(close, similarity)``: ``(n_classes, n_classes)`` bool and float (cosines; ``NaN``
-        without embeddings). The diagonal of ``close`` is False.
-    """
-    if not -1.0 <= float(fine_threshold) <= 1.0:
-        raise ValueError(f"fine_threshold must be a cosine in [-1, 1], got {fine_threshold!r}")
-    sim = torch.full((n_classes, n_classes), float("nan"))
-    if text_embeddings is not None:
-        emb = torch.as_tensor(text_embeddings).detach().float().cpu()
-        if emb.ndim != 2 or emb.shape[0] != n_classes:
-            raise ValueError(
-                f"text_embeddings must have shape ({n_classes}, D), got {tuple(emb.shape)}"
-            )
-        if not torch.isfinite(emb).all():
-            raise ValueError("text_embeddings contain NaN or infinite values")
-        emb = F.normalize(emb, dim=-1)
-        sim = emb @ emb.T
-    if fine_groups is not None:
-        close = torch.zeros(n_classes, n_classes, dtype=torch.bool)
-        if isinstance(fine_groups, Mapping):
-            parent = {_class_index(k, class_names, n_classes): v for k, v in fine_groups.items()}
-            for i, pi in parent.items():
-                for j, pj in parent.items():
-                    close[i, j] = pi == pj
-        elif isinstance(fine_groups, (str, bytes)) or not isinstance(fine_groups, Sequence):
-            raise TypeError(
-                "fine_groups must be a list of groups (sets of class names or indices) or a "
-                f"dict class -> parent, got {type(fine_groups).__name__}"
-            )
-        else:
-            for group in fine_groups:
-                if isinstance(group, (str, bytes)) or not hasattr(group, "__iter__"):
-                    raise TypeError(f"each fine group must be a set or list, got {group!r}")
-                idx = torch.tensor([_class_index(g, class_names, n_classes) for g in group])
-                if idx.numel():
-                    close[idx[:, None], idx[None, :]] = True
-    elif text_embeddings is not None:
-        close = sim > float(fine_threshold)
-    else:
-        raise ValueError(
-            "deciding Fine-Er needs class closeness: pass text_embeddings= (n_classes, D) "
-            "(a ClipClassifier provides them), fine_groups= (groups or a hierarchy), or "
-            "fine_groups=[] to count no pair as close"
-        )
-    close.fill_diagonal_(False)
-    return close, sim
-
-
 # ----------------------------------------------------------------------- inputs
 def _check_tau(tau: float) -> float:
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
@@ -298,28 +181,6 @@ def _check_tau(tau: float) -> float:
 
 def _class_vector(value: Any, n: int, n_classes: int, name: str) -> Tensor:
     return check_target(value, n, n_classes, name=name)
-
-
-def _check_masks(masks: Any, n: int, size: tuple[int, int], where: str) -> Tensor:
-    if not isinstance(masks, Tensor):
-        raise TypeError(f"{where} must be a (B, H, W) tensor, got {type(masks).__name__}")
-    m = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
-    if m.ndim != 3 or m.shape[0] != n or tuple(m.shape[1:]) != size:
-        raise ValueError(
-            f"{where} must have shape ({n}, {size[0]}, {size[1]}) like the images, "
-            f"got {tuple(masks.shape)}"
-        )
-    if m.dtype != torch.bool:
-        if m.is_complex() or not ((m == 0) | (m == 1)).all():
-            raise ValueError(f"{where} must be boolean or contain only 0 and 1")
-        m = m != 0
-    return m
-
-
-def _attribute(method: Any, x: Tensor, target: Tensor) -> Tensor:
-    if hasattr(method, "attribute"):
-        return method.attribute(x, target=target)
-    return method(x, target)
 
 
 def _default_method(forward_func: Callable) -> Any:
@@ -395,19 +256,16 @@ def diagnose(
     if class_names is None:
         class_names = getattr(forward_func, "class_names", None)
     class_names = None if class_names is None else [str(c) for c in class_names]
-    provider = None
     if isinstance(masks, Tensor):
         masks = _check_masks(masks, n, size, "masks")
     elif hasattr(masks, "masks") and isinstance(masks.masks, Tensor):  # GroundTruthMasks
         masks = _check_masks(masks.masks, n, size, "masks")
-    elif callable(masks):
-        provider = masks
-        if class_names is None:
-            raise ValueError("a MaskProvider needs class_names (or forward_func.class_names)")
-    else:
+    elif not callable(masks):
         raise TypeError(
             f"masks must be a (B, H, W) tensor or a MaskProvider, got {type(masks).__name__}"
         )
+    elif class_names is None:
+        raise ValueError("a MaskProvider needs class_names (or forward_func.class_names)")
     ablation = isinstance(method, str)
     if ablation and method != REGION_ABLATION:
         raise ValueError(
@@ -428,19 +286,14 @@ def diagnose(
     elif not (ablation or hasattr(method, "attribute") or callable(method)):
         raise TypeError("method must have .attribute(inputs, target=...) or be callable")
 
-    preds, targets, shares, ious, areas, effects, known = [], [], [], [], [], [], []
+    parts: list[dict[str, Tensor]] = []
     label_t = None
     n_classes = None
     starts = range(0, n, internal_batch_size)
     for s in tqdm(starts, desc="diagnose", disable=not show_progress):
         sl = slice(s, min(s + internal_batch_size, n))
-        x = images[sl]
-        with torch.no_grad():
-            out = forward_func(x)
-        if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"forward_func must return (B, n_classes) scores, got {got}")
-        if n_classes is None:
+        out = _forward(forward_func, images[sl])
+        if n_classes is None:  # the first batch tells the number of classes
             n_classes = out.shape[1]
             if class_names is not None and len(class_names) != n_classes:
                 raise ValueError(
@@ -453,140 +306,37 @@ def diagnose(
                 target = _class_vector(target, n, n_classes, "target")
             elif target == "label" and label_t is None:
                 raise ValueError("target='label' needs labels=")
-        pred = out.detach().argmax(1).cpu()
         if isinstance(target, Tensor):
-            tgt = target[sl]
+            tgt: Tensor | str = target[sl]
         else:
-            tgt = pred if target == "pred" else label_t[sl]
-        if provider is not None:
-            named = label_t[sl] if label_t is not None else pred
-            m = provider(x, [class_names[i] for i in named.tolist()])
-            m = _check_masks(m, x.shape[0], size, "masks from the MaskProvider")
-        else:
-            m = masks[sl]
-        nonempty = m.flatten(1).any(1).cpu()
-        iou = torch.full((x.shape[0],), float("nan"))
-        if ablation:
-            _, fg_eff, bg_eff = region_effects(forward_func, x, m, tgt, output=out)
-            effects.append(torch.stack([fg_eff, bg_eff], 1))
-            pos_fg, pos_bg = fg_eff.clamp_min(0), bg_eff.clamp_min(0)
-            share = pos_fg / (pos_fg + pos_bg)  # NaN when neither hiding costs anything
-            nonempty &= ~torch.isnan(fg_eff)
-            a = None
-        elif attributions is not None:
-            a = attributions[sl]
-        else:
-            a = _attribute(method, x, tgt.to(x.device))
-        if a is not None:
-            m = m.to(a.device)
-            share = mask_share(a, m).detach().float().cpu()
-        for i in nonempty.nonzero().flatten().tolist() if a is not None else []:
-            # one call per image, seeded by its global index: ties at the threshold are
-            # broken the same way whatever the batch split
-            iou[i] = float(mask_iou(a[i : i + 1], m[i : i + 1], seed=s + i)[0])
-        share[~nonempty] = float("nan")
-        known.append(nonempty)
-        preds.append(pred)
-        targets.append(tgt.cpu())
-        shares.append(share)
-        ious.append(iou)
-        areas.append(m.flatten(1).float().mean(1).cpu())
-
-    pred = torch.cat(preds)
-    share = torch.cat(shares)
-    n_unknown = int((~torch.cat(known)).sum())
-    if n_unknown:
-        what = (
-            "an empty object mask" if not ablation else "an object mask covering no or every patch"
+            tgt = "pred" if target == "pred" else label_t[sl]
+        parts.append(
+            measure_batch(
+                forward_func,
+                images[sl],
+                masks[sl] if isinstance(masks, Tensor) else masks,
+                tgt,
+                method=method,
+                attributions=None if attributions is None else attributions[sl],
+                class_names=class_names,
+                mask_classes=None if label_t is None else label_t[sl],
+                outputs=out,
+                seed=s,
+            )
         )
+    measures = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    n_unknown = int((~measures.pop("known")).sum())
+    if n_unknown:
+        what = "an object mask covering no or every patch" if ablation else "an empty object mask"
         warnings.warn(
             f"{n_unknown} image(s) have {what}; their driver and error category are left unknown",
             stacklevel=2,
         )
-    table = pd.DataFrame(
-        {
-            "target": torch.cat(targets).numpy(),
-            "pred": pred.numpy(),
-            "fg_share": share.numpy(),
-            "iou": torch.cat(ious).numpy(),
-            "mask_area": torch.cat(areas).numpy(),
-        }
-    )
-    if ablation:
-        eff = torch.cat(effects).numpy()
-        table.insert(table.columns.get_loc("fg_share"), "fg_effect", eff[:, 0])
-        table.insert(table.columns.get_loc("fg_share"), "bg_effect", eff[:, 1])
-        unknown, is_fg = np.isnan(eff[:, 0]), eff[:, 0] >= eff[:, 1]
-    else:
-        unknown, is_fg = np.isnan(share.numpy()), share.numpy() >= tau
-    table["driver"] = np.where(unknown, None, np.where(is_fg, "foreground", "background"))
-    if class_names is not None:
-        table.insert(2, "pred_name", [class_names[i] for i in pred.tolist()])
-    _add_label_columns(
-        table,
-        label_t,
-        class_names,
-        n_classes,
-        fine_groups,
-        text_embeddings,
-        fine_threshold,
-        forward_func,
-    )
-    mode = REGION_ABLATION if ablation else "attribution"
-    return Diagnosis(table, tau, float(fine_threshold), class_names, mode)
-
-
-def _add_label_columns(
-    table: pd.DataFrame,
-    label_t: Tensor | None,
-    class_names: list[str] | None,
-    n_classes: int,
-    fine_groups: Any,
-    text_embeddings: Tensor | None,
-    fine_threshold: float,
-    forward_func: Callable,
-) -> None:
-    n = len(table)
-    if label_t is None:
-        table["label"] = pd.array([pd.NA] * n, dtype="Int64")
-        table["correct"] = pd.array([pd.NA] * n, dtype="boolean")
-        table["similarity"] = np.nan
-        table["close"] = pd.array([pd.NA] * n, dtype="boolean")
-        table["category"] = None
-        return
     if text_embeddings is None:
         text_embeddings = getattr(forward_func, "text_embeddings", None)
-    pred = torch.as_tensor(table["pred"].to_numpy().copy())
-    correct = pred == label_t
-    table["label"] = pd.array(label_t.numpy(), dtype="Int64")
-    if class_names is not None:
-        table.insert(
-            table.columns.get_loc("label") + 1,
-            "label_name",
-            [class_names[i] for i in label_t.tolist()],
-        )
-    table["correct"] = pd.array(correct.numpy(), dtype="boolean")
-    if (~correct).any():
-        close, sim = close_pairs(
-            n_classes, class_names, fine_groups, text_embeddings, fine_threshold
-        )
-    elif text_embeddings is not None:
-        _, sim = close_pairs(n_classes, class_names, [], text_embeddings, fine_threshold)
-        close = torch.zeros(n_classes, n_classes, dtype=torch.bool)
-    else:
-        sim = torch.full((n_classes, n_classes), float("nan"))
-        close = torch.zeros(n_classes, n_classes, dtype=torch.bool)
-    table["similarity"] = sim[pred, label_t].numpy()
-    table["close"] = pd.array(close[pred, label_t].numpy(), dtype="boolean")
-    driver = table["driver"].to_numpy()
-    cat = np.where(
-        correct.numpy(),
-        "correct",
-        np.where(
-            driver == "background",
-            "BG-Er",
-            np.where(close[pred, label_t].numpy(), "Fine-Er", "FG-Er"),
-        ),
-    ).astype(object)
-    cat[(~correct.numpy()) & pd.isna(driver)] = "unknown"
-    table["category"] = cat
+    table = build_table(
+        measures, tau, label_t, class_names, n_classes, fine_groups, text_embeddings,
+        fine_threshold,
+    )  # fmt: skip
+    mode = REGION_ABLATION if ablation else "attribution"
+    return Diagnosis(table, tau, float(fine_threshold), class_names, mode)

@@ -340,3 +340,23 @@ def test_default_method_is_cci_on_vit_and_resnet(tiny_vit, tiny_resnet, tokenize
         from captum_clip.metrics import mask_share
 
         np.testing.assert_allclose(d.table["fg_share"], mask_share(want, m).numpy(), rtol=1e-5)
+
+
+def test_measure_batch_is_the_per_batch_step_of_diagnose():
+    """diagnose = measure_batch on each batch + the table step: the halves measured
+    separately (seeded by their first index) give the diagnosis table's columns."""
+    from captum_clip.diagnosis import measure_batch
+
+    x, m, a = toy_images(), toy_masks(), toy_attr()
+    d = diagnose(Toy(), x, m, LABELS, attributions=a, internal_batch_size=4)
+    parts = [
+        measure_batch(Toy(), x[s], m[s], "pred", attributions=a[s], seed=s.start)
+        for s in (slice(0, 3), slice(3, 6))
+    ]
+    for key in ("pred", "target", "fg_share", "iou", "mask_area"):
+        got = torch.cat([p[key] for p in parts]).numpy()
+        np.testing.assert_allclose(d.table[key].to_numpy(dtype=float), got, rtol=1e-6)
+    pos = a[:, 0].clamp(min=0)  # brute force: positive mass on the mask / all of it
+    share = (pos * m).flatten(1).sum(1) / pos.flatten(1).sum(1)
+    np.testing.assert_allclose(d.table["fg_share"], share.numpy(), rtol=1e-5)
+    assert d.table["pred"].tolist() == PREDS.tolist()

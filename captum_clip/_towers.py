@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +133,23 @@ class VisionTower:
     def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
         """Patch features ``(B, h, w, d)`` at the output of block ``layer``."""
         raise NotImplementedError
+
+    def grid_tokens(self, out: Any, batch: int) -> Tensor | None:
+        """``(B, h, w, d)`` patch features from what a block (or CNN stage) returned in a
+        forward hook, or None when it is not a batch of ``batch`` on this tower's grid."""
+        out = out[0] if isinstance(out, (tuple, list)) and out else out
+        if not isinstance(out, Tensor):
+            return None
+        if out.ndim == 4 and out.shape[0] == batch:  # CNN stage (B, C, h, w)
+            return out.permute(0, 2, 3, 1)
+        if out.ndim != 3 or not self.is_vit:
+            return None
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        h, w = self.grid_size
+        if out.shape[0] != batch or out.shape[1] != self.n_prefix + h * w:
+            return None
+        return out[:, self.n_prefix :].reshape(batch, h, w, out.shape[-1])
 
     @contextmanager
     def hide_patches(self, hidden: Tensor) -> Iterator[None]:

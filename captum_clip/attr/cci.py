@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,14 +27,16 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager, preserve_model_state
-from captum_clip._towers import VisionTower
 from captum_clip._validate import check_batch_size, check_images, check_target
 from captum_clip.attr import _regions
+from captum_clip.attr._cci_result import CCIResult
 from captum_clip.attr._kmeans import batched_kmeans, sklearn_labels
 from captum_clip.attr._region_games import game_values, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
-from captum_clip.metrics._common import make_baseline
+from captum_clip.metrics._common import expand_args, make_baseline
 from captum_clip.models import resolve_tower
+
+resolve_vision = resolve_tower  # former name; see captum_clip.models.resolve_tower
 
 __all__ = ["CCI", "CCIResult", "ClusterConceptImportance", "resolve_vision"]
 
@@ -47,52 +48,6 @@ DEFAULT_N_CLUSTERS = 7
 """K of :meth:`CCI.default_for`, the CCI that ``diagnose``, COVAR and the CLI use."""
 
 
-@dataclass
-class CCIResult:
-    """The regions behind one CCI map (one K).
-
-    Attributes:
-        labels: ``(B, h, w)`` long cluster index per patch (consecutive from 0).
-        scores: ``(B, K)`` target score with cluster ``k`` hidden, NaN where an image
-            has fewer than ``K`` (non-empty) clusters.
-        weights: ``(B, K)`` normalised weights ``w_k`` (NaN padded like ``scores``).
-        base_score: ``(B,)`` target score of the unmasked images.
-        n_clusters: The requested K (with user ``regions``: the largest K of the batch).
-        values: ``(B, K)`` the estimator's region values (NaN padded); for
-            ``"occlusion"`` the drops :attr:`deltas`. ``weights`` normalise them.
-        estimator: The region estimator (see :class:`CCI`). With other estimators than
-            ``"occlusion"``, ``scores`` holds the leave-one-out score only where the
-            estimator evaluated that coalition (NaN elsewhere).
-    """
-
-    labels: Tensor
-    scores: Tensor
-    weights: Tensor
-    base_score: Tensor
-    n_clusters: int
-    values: Tensor | None = None
-    estimator: str = "occlusion"
-
-    @property
-    def deltas(self) -> Tensor:
-        """``(B, K)`` score drops ``Δs_k = s - s_k`` (NaN padded)."""
-        return self.base_score[:, None] - self.scores
-
-    def patch_map(self) -> Tensor:
-        """``(B, h, w)`` weight of each patch's cluster."""
-        w = torch.nan_to_num(self.weights, nan=0.0)
-        b = self.labels.shape[0]
-        return w.gather(1, self.labels.reshape(b, -1)).reshape(self.labels.shape)
-
-    def top_cluster(self) -> Tensor:
-        """``(B, h, w)`` bool mask of each image's highest-weighted cluster."""
-        top = torch.nan_to_num(self.weights, nan=-float("inf")).argmax(1)
-        return self.labels == top[:, None, None]
-
-
-resolve_vision = resolve_tower  # former name; see captum_clip.models.resolve_tower
-
-
 def _check_n_clusters(n_clusters: Any) -> tuple[int, ...]:
     ks = (n_clusters,) if not isinstance(n_clusters, Sequence) else tuple(n_clusters)
     if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
@@ -100,31 +55,6 @@ def _check_n_clusters(n_clusters: Any) -> tuple[int, ...]:
             f"n_clusters must be an int >= 1 or a sequence of them, got {n_clusters!r}"
         )
     return ks
-
-
-def _grid_tokens(vision: VisionTower, out: Any, batch: int) -> Tensor | None:
-    """``(B, h, w, d)`` patch tokens from a block's output, or None if it does not fit."""
-    out = out[0] if isinstance(out, (tuple, list)) and out else out
-    if not isinstance(out, Tensor):
-        return None
-    if out.ndim == 4 and out.shape[0] == batch:  # CNN stage (B, C, h, w)
-        return out.permute(0, 2, 3, 1)
-    if out.ndim != 3 or not vision.is_vit:
-        return None
-    if not vision.batch_first:
-        out = out.transpose(0, 1)
-    h, w = vision.grid_size
-    if out.shape[0] != batch or out.shape[1] != vision.n_prefix + h * w:
-        return None
-    return out[:, vision.n_prefix :].reshape(batch, h, w, out.shape[-1])
-
-
-def _rows_of(args: tuple, src: Tensor, batch: int) -> tuple:
-    """Additional forward args for rows taken from examples ``src``."""
-    return tuple(
-        a[src.to(a.device)] if isinstance(a, Tensor) and a.ndim > 0 and a.shape[0] == batch else a
-        for a in args
-    )
 
 
 class CCI(PerturbationAttribution):
@@ -264,7 +194,7 @@ class CCI(PerturbationAttribution):
         with HookManager() as hooks:
             hooks.forward(block, lambda m, a, o: captured.append(o))
             out = self.forward_func(inputs, *args)
-        feats = _grid_tokens(self.vision, captured[0], len(inputs)) if len(captured) == 1 else None
+        feats = self.vision.grid_tokens(captured[0], len(inputs)) if len(captured) == 1 else None
         if feats is None:  # forward_func does not run the tower once on these images
             feats = self.vision.patch_features(inputs, self.layer)
         return out, feats
@@ -353,7 +283,7 @@ class CCI(PerturbationAttribution):
         b = inputs.shape[0]
 
         def score(images: Tensor, src: Tensor) -> Tensor:
-            out = self.forward_func(images, *_rows_of(args, src, b))
+            out = self.forward_func(images, *expand_args(args, src, b))
             return self._select(out, None if tgt is None else tgt[src])
 
         if self.mask_mode == "attention":

@@ -112,7 +112,8 @@ def expand_args(args: Any, index: Tensor, n: int) -> tuple:
         return ()
     args = args if isinstance(args, tuple) else (args,)
     return tuple(
-        a[index] if isinstance(a, Tensor) and a.ndim and a.shape[0] == n else a for a in args
+        a[index.to(a.device)] if isinstance(a, Tensor) and a.ndim and a.shape[0] == n else a
+        for a in args
     )
 
 

@@ -282,3 +282,63 @@ def test_torchrun_two_processes_match_one(gallery, tmp_path):
         parts = sorted(p.name for p in (tmp_path / "two" / "parts" / method).glob("*.pt"))
         assert parts == [f"b{b:07d}.pt" for b in range(4)]
     assert (tmp_path / "two" / "retrieval.md").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_open_clip(tmp_path_factory):
+    """A tiny open_clip architecture registered under a name (real BPE tokenizer, ViT)."""
+    import json
+
+    import open_clip
+    from conftest import TINY_VIT, make_tiny_vit
+
+    root = tmp_path_factory.mktemp("tiny_cfg")
+    (root / "tiny-retrieval-test.json").write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(root)
+    ckpt = root / "tiny.pt"
+    torch.save(make_tiny_vit(seed=4).state_dict(), ckpt)
+    return "tiny-retrieval-test", ckpt
+
+
+def test_open_clip_random_weights_and_local_checkpoint(gallery, tmp_path, capsys, tiny_open_clip):
+    name, ckpt = tiny_open_clip
+    images, captions = gallery.paths[0].parent, gallery.source
+    base = ["faithfulness", "retrieval", str(images), str(captions), "--methods", "GradECLIP",
+            "CCI", "--limit", "4", "--ks", "1", "--protocol", "none", "--n-steps", "2",
+            "--batch-size", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert cli_main([*base, "--model", name, "--out", str(tmp_path / "rand")]) == 0
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    assert cli_main([*base, "--model", f"{name}:{ckpt}", "--out", str(tmp_path / "ckpt")]) == 0
+    assert "RANDOM WEIGHTS" not in capsys.readouterr().err
+    for out in ("rand", "ckpt"):
+        s = pd.read_csv(tmp_path / out / "summary.csv")
+        assert set(s["method"]) == {"GradECLIP", "CCI"} and s["auc"].between(0, 1).all()
+    # the checkpoint's run refuses to continue into the random model's folder
+    argv = [*base, "--model", f"{name}:{ckpt}", "--out", str(tmp_path / "rand")]
+    assert cli_main(argv) == 2
+    assert "written by another model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["missing image", "empty file", "unknown image id", "unreadable"])
+def test_cli_bad_inputs_one_error_line(tmp_path, capsys, case):
+    import json
+
+    images, captions = write_caption_gallery(tmp_path / "g", 3, captions_per_image=1)
+    data = json.loads(captions.read_text())
+    if case == "missing image":
+        (images / "000002.png").unlink()
+    elif case == "empty file":
+        captions.write_text("")
+    elif case == "unknown image id":
+        data["annotations"].append({"id": 99, "image_id": 12, "caption": "a photo of dots"})
+        captions.write_text(json.dumps(data))
+    else:
+        (images / "000001.png").write_bytes(b"\x89PNG broken")
+    argv = ["faithfulness", "retrieval", str(images), str(captions), "--model", "testbed",
+            "--methods", "Saliency", "--protocol", "none", "--n-steps", "2", "--device", "cpu",
+            "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("captum-clip faithfulness retrieval: error: ")
+    named = {"missing image": "000002.png", "unreadable": "000001.png"}.get(case, "captions.json")
+    assert named in err[0]

@@ -20,8 +20,18 @@ Usage::
     python benchmarks/interactions_speed.py                 # all methods
     python benchmarks/interactions_speed.py --methods ours  # just ours
     python benchmarks/interactions_speed.py --timeout 1800  # cap per method (seconds)
-    # what results/interactions_speed.md holds (layer 0 estimated from timed passes):
+    # the naive comparison in results/interactions_speed.md (layer 0 estimated):
     BENCH_THREADS=1 python benchmarks/interactions_speed.py --layer0-sample 2 --workdir DIR
+    # by-layer table (seconds, forward-equivalent limit, peak memory), CPU or GPU:
+    python benchmarks/interactions_speed.py --by-layer --device cuda --model ViT-B-16
+    python benchmarks/interactions_speed.py --by-layer --device cuda --model ViT-L-14 --layers=6,6
+    BENCH_THREADS=1 python benchmarks/interactions_speed.py --by-layer --device cpu \
+        --model ViT-B-32 --n-steps 2 --forward-batch 16
+    # --old-default adds a row per layer setting with the old 16 pairs per pass
+
+Each mode replaces only its own section of ``results/interactions_speed.md`` (between
+``<!-- ... -->`` markers), so the CPU and GPU tables live side by side. The by-layer
+mode is described in ``benchmarks/_interactions_by_layer.py``.
 """
 
 from __future__ import annotations
@@ -181,8 +191,59 @@ def _worker(method: str, n_steps: int, out: str) -> None:
     )
 
 
+def by_layer(args) -> None:
+    """The by-layer table: rows in subprocesses, one Markdown section per device and model."""
+    import _interactions_by_layer as bl
+
+    args.layers = args.layers.split()
+    rows = bl.run_rows(args, __file__)
+    label = bl.device_label(args.device)
+    threads = os.environ.get("BENCH_THREADS", "1")
+    text = "\n".join(
+        [
+            f"## By layer: {args.model} on {label}, N={args.n_steps}",
+            "",
+            f"Command: `BENCH_THREADS={threads} python benchmarks/interactions_speed.py "
+            f"--by-layer --device {args.device} --model {args.model} --n-steps {args.n_steps} "
+            f"--forward-batch {args.forward_batch} --layers='{' '.join(args.layers)}'"
+            + (" --old-default" if args.old_default else "")
+            + "`",
+            "",
+            f"Random-init open_clip {args.model}, caption {CAPTION!r}, batch 1, fp32, "
+            f"torch {torch.__version__}; one warm-up call first; one timed call per row, each "
+            "row in a fresh process. Limit: 2 x N x (active tokens) x (share of the tower "
+            "after the layer) x (per-example forward time in a batch of "
+            f"{args.forward_batch}), summed over both towers (a side at the default layer "
+            "counts one block per step); see `benchmarks/_interactions_by_layer.py`.",
+            "",
+            *bl.table(rows),
+        ]
+    )
+    print(text)
+    key = f"by-layer {torch.device(args.device).type} {args.model} N={args.n_steps}"
+    bl.write_section(RESULTS, key, text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--by-layer", action="store_true", help="the by-layer table (see above)")
+    p.add_argument("--device", default="cpu", help="by-layer mode: cpu or cuda[:N]")
+    p.add_argument("--model", default="ViT-B-16", help="by-layer mode: open_clip architecture")
+    p.add_argument(
+        "--layers",
+        default="-1,-1 6,6 0,-1 -1,0 0,0",
+        help="by-layer mode: space-separated text_layer,image_layer rows; write "
+        "--layers='0,0 -1,0' (with '=': the values start with '-')",
+    )
+    p.add_argument(
+        "--forward-batch",
+        type=int,
+        default=None,
+        help="batch of the limit's forward (256 GPU, 16 CPU)",
+    )
+    p.add_argument("--old-default", action="store_true", help="also time 16 pairs per pass")
+    p.add_argument("--internal-batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--by-layer-worker", help=argparse.SUPPRESS)
     p.add_argument("--methods", default="ours,naive,ours_layer0")
     p.add_argument("--n-steps", type=int, default=10)
     p.add_argument(
@@ -212,6 +273,24 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.forward_batch is None:
+        args.forward_batch = 256 if args.device.startswith("cuda") else 16
+    if args.by_layer_worker:
+        import _interactions_by_layer as bl
+
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+        t, v = (int(s) for s in args.by_layer_worker.split(","))
+        row = bl.worker(args.model, (t, v), args.n_steps, args.device, CAPTION,
+                        args.internal_batch_size, args.forward_batch)  # fmt: skip
+        print(json.dumps(row))
+        return
+    if args.by_layer:
+        by_layer(args)
+        return
+    if args.device != "cpu":
+        raise SystemExit(
+            "the naive comparison runs on the CPU only; use --by-layer for --device cuda"
+        )
     if args.worker:
         _worker(args.worker, args.n_steps, args.out)
         return
@@ -316,8 +395,17 @@ def main() -> None:
         ]
     )
     print(text)
+    import _interactions_by_layer as bl
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
+    bl.write_section(
+        RESULTS,
+        "naive comparison",
+        text.replace(
+            "# IntegratedInteractions speed (ViT-B-16, CPU)",
+            "## Against the naive algorithm (ViT-B-16, CPU)",
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -372,3 +372,37 @@ def test_non_causal_open_clip_text_tower_fast_equals_forward():
     # with no causal mask, tokens after <eot> reach the embedding too
     eot = tiny_tokenizer()(CAPTIONS).argmax(-1)
     assert forward[0, eot[0] + 1 :].abs().max() > 0
+
+
+# ---------------------------------------------------------------- batching below the last block
+@pytest.mark.parametrize("route", ["forward", "reverse"])
+def test_internal_batch_size_invariance_at_embeddings(tiny64, route):
+    """Tangents and quadrature points batched any way give the same A and delta."""
+    torch.manual_seed(4)
+    img = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    ii = IntegratedInteractions(tiny64, tiny_tokenizer())
+    kw = dict(n_steps=3, text_layer=0, image_layer=0, route=route)
+    ref = ii.explain(img, CAPTIONS[1:], **kw)  # default: memory-budget sized passes
+    for size in (1, 5, 10_000):
+        res = ii.explain(img, CAPTIONS[1:], internal_batch_size=size, **kw)
+        torch.testing.assert_close(res.attributions, ref.attributions, rtol=1e-9, atol=1e-13)
+        torch.testing.assert_close(res.delta, ref.delta, rtol=0, atol=1e-12)
+
+
+def test_completeness_at_embeddings(tiny64):
+    torch.manual_seed(4)
+    img = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    ii = IntegratedInteractions(tiny64, tiny_tokenizer())
+    res = ii.explain(img, CAPTIONS[1:], n_steps=20, text_layer=0, image_layer=0)
+    assert res.delta.abs().max() < 1e-6
+    assert res.score_difference.abs().max() > 1e-3  # not trivially zero
+
+
+def test_auto_chunk_from_memory_budget():
+    from captum_clip.attr import _interaction_paths as paths
+
+    x = torch.zeros(197, 768)  # ViT-B-16 image tokens, float32
+    assert paths.pair_bytes(x) == int(197 * 768 * (24 + 197 / 32)) * 4
+    assert paths.auto_chunk(x) == paths.CPU_BUDGET // paths.pair_bytes(x)
+    assert paths.auto_chunk(torch.zeros(4, 8)) == paths.MAX_PAIRS
+    assert paths.auto_chunk(torch.zeros(4096, 4096)) == paths.MIN_PAIRS

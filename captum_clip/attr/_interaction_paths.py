@@ -42,10 +42,12 @@ with warnings.catch_warnings():
 
 __all__ = [
     "RowPath",
+    "auto_chunk",
     "forward_ad_mode",
     "integrate_forward",
     "integrate_pooled",
     "integrate_reverse",
+    "pair_bytes",
     "quadrature",
 ]
 
@@ -92,6 +94,37 @@ def forward_ad_mode() -> Iterator[None]:
             yield
     finally:
         mha.set_fastpath_enabled(previous)
+
+
+MIN_PAIRS, MAX_PAIRS = 16, 4096
+CPU_BUDGET = 1 << 30  # bytes of activations one vectorised pass may hold on the CPU
+GPU_BUDGET = 8 << 30  # ... on a GPU (at most a quarter of its free memory)
+
+
+def pair_bytes(x: Tensor) -> int:
+    """Estimated activation bytes of one (step, tangent) pair in a full-tower JVP pass.
+
+    ``x`` is ``(T, d)`` (or ``(..., T, d)``): a pre-norm transformer block holds about
+    ``12 T d`` values (residual, q/k/v, context, a 4x MLP) plus ``heads * T^2`` attention
+    scores (``heads ~ d / 64``), twice over for the primal and the tangent, with slack for
+    temporaries: ``T d (24 + T / 32)`` elements.
+    """
+    t, d = int(x.shape[-2]), int(x.shape[-1])
+    return int(t * d * (24 + t / 32)) * x.element_size()
+
+
+def auto_chunk(x: Tensor) -> int:
+    """(step, tangent) pairs per vectorised pass that fit the device's memory budget.
+
+    CPU: :data:`CPU_BUDGET`; CUDA: a quarter of the free memory, at most
+    :data:`GPU_BUDGET`; clamped to ``[MIN_PAIRS, MAX_PAIRS]``.
+    """
+    if x.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(x.device)
+        budget = min(free // 4, GPU_BUDGET)
+    else:
+        budget = CPU_BUDGET
+    return max(MIN_PAIRS, min(MAX_PAIRS, budget // max(pair_bytes(x), 1)))
 
 
 def _groups(n_steps: int, per_step: int, chunk: int | None) -> list[slice]:

@@ -36,7 +36,6 @@ from captum_clip.attr._interaction_sides import (
 __all__ = ["IntegratedInteractions", "InteractionResult", "TokenEncoder"]
 
 ROUTES = ("auto", "fast", "forward", "reverse")
-DEFAULT_CHUNK = 16  # (step, tangent) pairs per vectorised pass, general routes
 DEFAULT_FAST_CHUNK = 1024  # (step, token) pairs per pass, fast route
 
 
@@ -144,8 +143,12 @@ class IntegratedInteractions(GradientAttribution):
             image_baseline: None (zeros in normalised space), ``"blur"``, a tensor or callable.
             similarity: ``"cosine"`` (embeddings L2-normalised) or ``"dot"``.
             internal_batch_size: About how many (integration step, tangent or cotangent)
-                pairs one vectorised pass evaluates; None = 1024 for the fast route, 16 for
-                the forward/reverse routes. Lower it to save memory.
+                pairs one vectorised pass evaluates; the result does not depend on it
+                beyond float rounding. None = 1024 for the fast route; for the
+                forward/reverse routes (layers below the last block) as many as fit a
+                memory budget (1 GiB of activations on the CPU, a quarter of the free GPU
+                memory up to 8 GiB on CUDA; see ``_interaction_paths.auto_chunk``). Lower
+                it to save memory.
             return_convergence_delta: Also return the ``(B,)`` delta.
             show_progress: tqdm bar over the integration steps.
             route: ``"auto"`` (fast route at the last block when available, else the cheaper
@@ -329,7 +332,7 @@ class _Side:
                 similarity == "cosine", self.chunk or DEFAULT_FAST_CHUNK, update,
             )  # fmt: skip
         else:
-            chunk = self.chunk or DEFAULT_CHUNK
+            chunk = self.chunk or paths.auto_chunk(x)
             route = self.route
             if route == "auto":
                 route = "forward" if tokens.numel() <= emb.shape[1] else "reverse"

@@ -165,7 +165,7 @@ def report(table: pd.DataFrame, diag: pd.DataFrame, command: str, n: int) -> str
         "steps, deletion baseline = mean colour, insertion from blur, 'patches' = whole ViT "
         "patches deleted; ROAD at 50 % only, to save time). Every cell: mean over the seeds' per-seed means ± standard "
         "deviation across seeds. CCI rows: K=7 k-means regions (attention mode, logit "
-        "score) with the estimator named; 'CCI sampled-shapley': K=16 regions, budget 127 "
+        "score unless the name says prob) with the estimator named; 'CCI sampled-shapley': K=16 regions, budget 127 "
         "masked forwards. Cost is wall clock on a shared, loaded 2-core machine.",
         "",
     ]

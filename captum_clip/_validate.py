@@ -141,12 +141,16 @@ def check_target(
     return t.clone()
 
 
-def check_batch_size(value: Any, name: str = "internal_batch_size") -> int | None:
-    """A positive int (or None), else ``TypeError`` / ``ValueError`` naming ``name``."""
-    if value is None:
+def check_batch_size(
+    value: Any, name: str = "internal_batch_size", allow_none: bool = True
+) -> int | None:
+    """A positive int (or None when ``allow_none``), else ``TypeError`` / ``ValueError``
+    naming ``name``."""
+    expected = "a positive int or None" if allow_none else "a positive int"
+    if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from captum_clip._validate import check_batch_size
 from captum_clip.diagnosis import Diagnosis, diagnose
 
 __all__ = ["GROUPS", "CounterAnimals", "CounterAnimalsResult", "evaluate"]
@@ -228,8 +229,7 @@ def evaluate(
     """
     if not isinstance(dataset, CounterAnimals):
         raise TypeError(f"dataset must be a CounterAnimals, got {type(dataset).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size, "batch_size", allow_none=False)
     if masks is not None and not callable(masks):
         raise TypeError(f"masks must be a MaskProvider (callable), got {type(masks).__name__}")
     names = getattr(forward_func, "class_names", None)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
+from captum_clip._validate import check_batch_size
 from captum_clip.attr import _interaction_paths as paths
 from captum_clip.attr._interaction_result import InteractionResult
 from captum_clip.attr._interaction_sides import (
@@ -221,14 +222,7 @@ class IntegratedInteractions(GradientAttribution):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
-        if internal_batch_size is not None and (
-            isinstance(internal_batch_size, bool)
-            or not isinstance(internal_batch_size, int)
-            or internal_batch_size < 1
-        ):
-            raise ValueError(
-                f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}"
-            )
+        check_batch_size(internal_batch_size)
         te, ie = self.text_encoder, self.image_encoder
         ti = layer_to_index(text_layer, te.n_blocks, "text_layer")
         vi = layer_to_index(image_layer, ie.n_blocks, "image_layer")

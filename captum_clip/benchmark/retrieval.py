@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
+from captum_clip._validate import check_batch_size
 from captum_clip.benchmark import _parts
 from captum_clip.benchmark.methods import METHODS, ForwardCounter, MethodSettings, build_method
 from captum_clip.benchmark.report import slug
@@ -183,8 +184,7 @@ def _check_args(gallery: Any, batch_size: Any, methods: Any) -> list[str]:
         raise TypeError(
             f"gallery must be a CaptionGallery (load_captions), got {type(gallery).__name__}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size, "batch_size", allow_none=False)
     names = list(DEFAULT_METHODS if methods is None else methods)
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:

@@ -40,6 +40,7 @@ from captum_clip._hooks import preserve_model_state
 from captum_clip._images import read_image
 from captum_clip._resumable import ResumableTable, TableSchema
 from captum_clip._tables import table_path, write_table
+from captum_clip._validate import check_batch_size
 from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.covar.build import load_manifest
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
@@ -297,10 +298,8 @@ def evaluate(
         ("chunk_batches", chunk_batches),
         ("n_clusters", n_clusters),
     ):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+        check_batch_size(v, name, allow_none=False)
+    check_batch_size(limit, "limit")
     if isinstance(models, (str, ModelEntry)) or len(models) == 0:
         raise ValueError("models must be a non-empty list of specs")
     root, out = Path(root), Path(out_dir)

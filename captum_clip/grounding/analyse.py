@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_clip._validate import check_batch_size
 from captum_clip.grounding.table import measure, normalise_roles
 
 __all__ = ["analyse", "prepare_pil"]
@@ -47,8 +48,7 @@ def analyse(
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] != n:
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a (N={n}, 3, H, W) tensor, got {got}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_batch_size(batch_size, "batch_size", allow_none=False)
     if isinstance(masks, Tensor):
         masks = list(masks)
     for name, seq in (("masks", masks), ("roles", roles), ("meta", meta)):

@@ -150,8 +150,7 @@ def causal_labels(
     size = 64 if size is None else size
     if not callable(forward_func):
         raise TypeError("forward_func must be callable")
-    if check_batch_size(internal_batch_size) is None:
-        raise TypeError("internal_batch_size must be a positive int, got None")
+    check_batch_size(internal_batch_size, allow_none=False)
     n = int(factors["class"].shape[0])
     n_bg = len(shapes.BACKGROUND_NAMES)
     if swap_background is None:

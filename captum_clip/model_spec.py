@@ -116,6 +116,8 @@ class ModelSpec:
     def load(self, device: str | torch.device = "cpu") -> LoadedClip:
         """Loads the model (eval mode) with its preprocess and tokenizer on ``device``."""
         device = resolve_device(device)
+        if self.pretrained is not None:
+            check_pretrained_reachable(self.name, self.pretrained)  # before importing open_clip
         if self.family == "testbed" and self.checkpoint is not None:
             return _load_testbed_file(self.variant or "default", self.checkpoint, device)
         return load_clip(
@@ -185,9 +187,9 @@ def parse_model_spec(
         return ModelSpec(spec, "testbed", "testbed", checkpoint=path or None, variant=variant)
     import difflib
 
-    import open_clip
+    from captum_clip import _open_clip_registry as registry
 
-    known = open_clip.list_models()
+    known = registry.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -204,7 +206,7 @@ def parse_model_spec(
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise CheckpointNotFoundError(f"checkpoint file not found: {checkpoint!r}")
     if pretrained is not None:
-        tags = open_clip.list_pretrained_tags_by_model(name)
+        tags = registry.pretrained_tags(name)
         if pretrained not in tags:
             raise ModelLoadError(
                 f"unknown pretrained tag {pretrained!r} for {name!r}; known tags: {tags} "
@@ -325,15 +327,61 @@ def _hub_cache_only() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = before
 
 
+def weights_cached(name: str, pretrained: str) -> bool | None:
+    """Whether open_clip's weights for ``name``/``pretrained`` are in the local caches.
+
+    Looks where open_clip would download them (the Hugging Face cache for ``hf_hub``
+    entries, ``~/.cache/clip`` for URLs) without building the model; ``None`` when the tag
+    has no pretrained config (e.g. a file path).
+    """
+    from captum_clip import _open_clip_registry as registry
+
+    cfg = registry.pretrained_cfg(name, pretrained)
+    if not cfg:
+        return None
+    if cfg.get("file"):
+        return os.path.isfile(cfg["file"])
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            hub = ""
+    if hub:
+        model_id, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        candidates = [filename, filename.rsplit(".", 1)[0] + ".safetensors"]
+        if filename == "open_clip_pytorch_model.bin":
+            candidates.append("open_clip_model.safetensors")
+        if any(isinstance(try_to_load_from_cache(model_id, f), str) for f in candidates):
+            return True
+    url = cfg.get("url", "")
+    if url:
+        return os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), url.split("/")[-1]))
+    return False
+
+
+def check_pretrained_reachable(name: str, pretrained: str) -> str | None:
+    """Raises :class:`PretrainedUnavailableError` when the hub is unreachable and the
+    weights are not cached; else returns why the hub is unreachable (``None``: online)."""
+    reason = hub_unreachable_reason()
+    if reason is not None and weights_cached(name, pretrained) is False:
+        raise PretrainedUnavailableError(
+            name, pretrained, f"{reason} and the weights are not in the local cache"
+        )
+    return reason
+
+
 def create_pretrained(name: str, pretrained: str) -> tuple[Any, Any]:
     """``(model, preprocess)`` of open_clip with pretrained weights, failing fast offline.
 
-    When the hub is unreachable only cached weights are used (no retries); otherwise
-    open_clip downloads as usual. Raises :class:`PretrainedUnavailableError`.
+    When the hub is unreachable only cached weights are used (no retries), and weights that
+    are not cached fail before the model is built; otherwise open_clip downloads as usual.
+    Raises :class:`PretrainedUnavailableError`.
     """
     import open_clip
 
-    reason = hub_unreachable_reason()
+    reason = check_pretrained_reachable(name, pretrained)
     try:
         if reason is None:
             model, _, preprocess = open_clip.create_model_and_transforms(

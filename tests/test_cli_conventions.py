@@ -114,6 +114,31 @@ def test_offline_pretrained_tag_fails_at_once_with_cli_advice(tmp_path, capsys, 
     )
 
 
+def test_offline_check_looks_in_the_caches_before_building(tmp_path, monkeypatch):
+    import open_clip
+
+    from captum_clip.model_spec import (
+        PretrainedUnavailableError,
+        create_pretrained,
+        weights_cached,
+    )
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # open_clip's URL cache: ~/.cache/clip
+    assert weights_cached("ViT-B-32", "openai") is False
+    url = open_clip.get_pretrained_cfg("ViT-B-32", "openai")["url"]
+    (tmp_path / ".cache" / "clip").mkdir(parents=True)
+    (tmp_path / ".cache" / "clip" / url.split("/")[-1]).write_bytes(b"")
+    assert weights_cached("ViT-B-32", "openai") is True
+    assert weights_cached("ViT-B-32", "laion2b_s34b_b79k") is False
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built although its weights cannot come")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_build)
+    with pytest.raises(PretrainedUnavailableError, match="not in the local cache"):
+        create_pretrained("ViT-B-32", "laion2b_s34b_b79k")
+
+
 def test_unreachable_hub_is_probed_once(monkeypatch, no_network, capsys, tmp_path):
     from conftest import no_network as guard
 
@@ -250,3 +275,34 @@ def test_demo_figure_marks_target_failures_and_random_weights(random, tmp_path, 
         wrong = ax_title.get_text().split("\n")[0][5:] != ax_title.get_text().split("\n")[1][10:]
         assert (ax_title.get_color() == "red") == wrong  # misclassified rows in red
     assert all(t.startswith(("misclassified", "CCI top region")) for t in red)
+
+
+def test_offline_failure_does_not_even_import_open_clip(tmp_path):
+    """The offline path fails before the slow ``import open_clip`` (seconds of imports)."""
+    (img,) = _scene_files(tmp_path, 1)
+    code = (
+        "import sys; from captum_clip.cli import main;"
+        f"rc = main(['explain', {str(img)!r}, '--labels', 'a,b', '--model', 'ViT-B-32:openai']);"
+        "assert rc == 2, rc; assert 'open_clip' not in sys.modules, 'open_clip imported'"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "--model ViT-B-32:/path/to/checkpoint.pt" in out.stderr
+
+
+def test_registry_without_import_matches_open_clip():
+    import open_clip
+
+    from captum_clip import _open_clip_registry as registry
+
+    light = registry._registry()  # open_clip/pretrained.py under a private package name
+    assert light is not open_clip.pretrained
+    for name in ("ViT-B-32", "RN50", "ViT-L-14"):
+        assert light.list_pretrained_tags_by_model(name) == open_clip.list_pretrained_tags_by_model(
+            name
+        )
+        for tag in open_clip.list_pretrained_tags_by_model(name):
+            assert light.get_pretrained_cfg(name, tag) == open_clip.get_pretrained_cfg(name, tag)
+    stems = {p.stem for p in (registry._package_dir() / "model_configs").glob("*.json")}
+    assert {"ViT-B-32", "RN50"} <= stems <= set(open_clip.list_models())

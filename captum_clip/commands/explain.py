@@ -47,13 +47,6 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Classifies, explains and writes the figure."""
-    import torch
-
-    from captum_clip._images import read_image
-    from captum_clip.attr.cci import CCI
-    from captum_clip.attr.gradcam import vit_gradcam
-    from captum_clip.viz.figures import explain_figure
-
     path = Path(args.image)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {str(path)!r}")
@@ -66,7 +59,14 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "gradcam" and (args.n_clusters != 7 or args.mask_mode is not None):
         print("warning: --n-clusters/--mask-mode only apply to --method cci", file=sys.stderr)
     templates = [args.template] if args.template else None
-    clf, loaded, spec = _common.classifier(args, labels, templates)
+    clf, loaded, spec = _common.classifier(args, labels, templates)  # fails first, fast
+    import torch
+
+    from captum_clip._images import read_image
+    from captum_clip.attr.cci import CCI
+    from captum_clip.attr.gradcam import vit_gradcam
+    from captum_clip.viz.figures import explain_figure
+
     x = loaded.preprocess(read_image(path))
     x = (x[None] if x.ndim == 3 else x).to(clf.text_embeddings.device)
     with torch.no_grad():

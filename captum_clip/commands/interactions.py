@@ -40,15 +40,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute the interactions of one image-caption pair and save the figure."""
+    if not os.path.isfile(args.image):
+        raise FileNotFoundError(f"image file not found: {args.image!r}")
+    _common.check_positive(args, "n_steps")
+    loaded, spec = _common.load_model(args)  # fails first, fast
+
     from captum_clip._images import read_image
     from captum_clip.attr.interactions import IntegratedInteractions
     from captum_clip.viz.interactions import plot_interactions
     from captum_clip.viz.marks import mark_random_weights
 
-    if not os.path.isfile(args.image):
-        raise FileNotFoundError(f"image file not found: {args.image!r}")
-    _common.check_positive(args, "n_steps")
-    loaded, spec = _common.load_model(args)
     picture = read_image(args.image)
     images = loaded.preprocess(picture)[None]
     images = images.to(next(loaded.model.parameters()).device)

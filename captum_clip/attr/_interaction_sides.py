@@ -293,6 +293,6 @@ class ClipTextEncoder(TokenEncoder):
         return out
 
 
-def normalise(emb: Tensor, similarity: str) -> Tensor:
+def normalize_embedding(emb: Tensor, similarity: str) -> Tensor:
     """The embedding the score is a dot product of (L2-normalised for ``"cosine"``)."""
     return F.normalize(emb, dim=-1) if similarity == "cosine" else emb

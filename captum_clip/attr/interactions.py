@@ -31,7 +31,7 @@ from captum_clip.attr._interaction_sides import (
     ClipTextEncoder,
     TokenEncoder,
     layer_to_index,
-    normalise,
+    normalize_embedding,
 )
 
 __all__ = ["IntegratedInteractions", "InteractionResult", "TokenEncoder"]
@@ -106,8 +106,8 @@ class IntegratedInteractions(GradientAttribution):
         self.model = model
 
         def score(images: Tensor, texts: Tensor) -> Tensor:
-            f = normalise(text.from_hidden(text.hidden(texts, 0), texts, 0), "cosine")
-            g = normalise(image.from_hidden(image.hidden(images, 0), images, 0), "cosine")
+            f = normalize_embedding(text.from_hidden(text.hidden(texts, 0), texts, 0), "cosine")
+            g = normalize_embedding(image.from_hidden(image.hidden(images, 0), images, 0), "cosine")
             return (f * g).sum(-1)
 
         GradientAttribution.__init__(self, score)
@@ -312,7 +312,7 @@ class _Side:
         one = self.inputs[i : i + 1]
 
         def fn(z: Tensor) -> Tensor:
-            return normalise(enc.from_hidden(z, one, index), similarity)
+            return normalize_embedding(enc.from_hidden(z, one, index), similarity)
 
         x, x0 = self.x[i], self.x0[i]
         emb = fn(torch.stack([x, x0]))

@@ -70,8 +70,10 @@ def test_compare_methods_layout(pixels):
     mask[8:24, 8:24] = True
     maps = {"CCI": torch.randn(3, 32, 32), "GradCAM": torch.rand(1, 32, 32)}
     fig = compare_methods(normalised(pixels), maps, mask=mask)
-    assert [a.get_title() for a in fig.axes] == ["image", "object mask", "CCI", "GradCAM"]
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert [a.get_title() for a in panels] == ["image", "object mask", "CCI", "GradCAM"]
+    assert len(fig.axes) == len(panels) + 1  # its own figure: one signed colour bar
     fig = compare_methods(normalised(pixels), maps)
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 3 + 1
     with pytest.raises(ValueError, match="non-empty"):
         compare_methods(pixels, {})

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from captum_clip.viz.marks import SIGN_CMAP
+from captum_clip.viz.marks import SIGN_CMAP, signed_colorbar
 
 __all__ = ["compare_methods", "overlay", "plot_clusters", "to_display"]
 
@@ -218,12 +218,15 @@ def compare_methods(
         sign: ``visualize_image_attr`` sign for every heat map.
         mean: See :func:`to_display`.
         std: See :func:`to_display`.
-        axes: Draw into these axes (``1 + [mask] + len(attributions)`` of them).
+        axes: Draw into these axes (``1 + [mask] + len(attributions)`` of them); without
+            them a new figure is made, with a colour bar for ``sign="all"`` (green supports
+            the target, red opposes it).
     """
     if not isinstance(attributions, Mapping) or not attributions:
         raise ValueError("attributions must be a non-empty {name: attribution} mapping")
     img = to_display(image, mean, std)
     n = 1 + (mask is not None) + len(attributions)
+    own = axes is None
     if axes is None:
         fig, axes = _axes(None, n)
     elif len(axes) != n:
@@ -245,4 +248,6 @@ def compare_methods(
         start = 2
     for ax, (name, attr) in zip(axes[start:], attributions.items()):
         overlay(img, attr, sign=sign, title=name, ax=ax, mean=None)
+    if own and sign == "all":  # a figure of its own gets the signed colour bar
+        signed_colorbar(fig, list(axes[start:]), fraction=0.03)
     return fig

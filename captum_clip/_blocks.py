@@ -29,7 +29,28 @@ from captum_clip._hooks import HookManager
 if TYPE_CHECKING:
     from captum_clip._towers import VisionTower
 
-__all__ = ["BlockTrace", "BlockView", "RowPath", "block_forward", "row_path", "trace_blocks"]
+__all__ = [
+    "BlockStack",
+    "BlockTrace",
+    "BlockView",
+    "RowPath",
+    "block_forward",
+    "row_path",
+    "trace_blocks",
+]
+
+
+class BlockStack:
+    """A tower seen as a stack of transformer blocks (base of the tower adapters)."""
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The blocks in forward order."""
+        raise NotImplementedError
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
 
 
 @dataclass

@@ -8,13 +8,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from captum_clip._blocks import BlockView
+from captum_clip._blocks import BlockStack, BlockView
 from captum_clip._towers import check_index
 
 __all__ = ["TextTower", "OpenClipText"]
 
 
-class TextTower:
+class TextTower(BlockStack):
     """open_clip / HF text tower interface: embed, run blocks, pool to the embedding.
 
     Declared contract (callers use nothing else): :meth:`attention_mask` (the additive mask
@@ -29,14 +29,6 @@ class TextTower:
     def vocab_size(self) -> int:
         """Number of token ids the embedding knows (valid ids are ``0 .. vocab_size - 1``)."""
         raise NotImplementedError
-
-    @property
-    def blocks(self) -> list[nn.Module]:
-        raise NotImplementedError
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
 
     @property
     def context_length(self) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_clip._blocks import BlockView
+from captum_clip._blocks import BlockStack, BlockView
 from captum_clip._hooks import HookManager
 
 __all__ = ["VisionTower", "ViTTower", "OpenClipViT", "OpenClipResNet", "check_index"]
@@ -36,7 +36,7 @@ def check_index(index: int, n_blocks: int, what: str) -> int:
     return index % (n_blocks + 1)
 
 
-class VisionTower:
+class VisionTower(BlockStack):
     """Common interface of vision towers (see module docstring).
 
     What callers may rely on is declared here; nothing outside an adapter reads a private
@@ -94,14 +94,6 @@ class VisionTower:
         raise ValueError(
             f"{type(self.module).__name__} has no per-token head (a ViT tower is needed)"
         )
-
-    @property
-    def blocks(self) -> list[nn.Module]:
-        raise NotImplementedError
-
-    @property
-    def n_blocks(self) -> int:
-        return len(self.blocks)
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -84,7 +84,9 @@ def test_converged_labels_are_a_lloyd_fixed_point(tokens):
 
 def test_seed_batch_split_and_precision(tokens):
     x = tokens["testbed default"]
+    threads = torch.get_num_threads()
     a = batched_kmeans(x, 6, seed=7)
+    assert torch.get_num_threads() == threads  # the CPU thread limit is undone
     assert torch.equal(a.labels, batched_kmeans(x, 6, seed=7).labels)
     parts = [batched_kmeans(x[i : i + 2], 6, seed=7) for i in range(0, len(x), 2)]
     assert torch.equal(torch.cat([p.labels for p in parts]), a.labels)

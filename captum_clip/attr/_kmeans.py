@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,24 @@ def _sq_dist(a: Tensor, a2: Tensor, c: Tensor) -> Tensor:
     return (c2[:, :, None] + a2[:, None, :] - 2 * c @ a.transpose(1, 2)).clamp_min_(0)
 
 
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU, run torch single-threaded (restored on exit).
+
+    The matrices are small: with several threads the OpenMP barriers dominate, and on a
+    busy machine they cost 8x (measured: 1.5 s instead of 0.18 s for 8 images, K=7).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _seed(x: Tensor, x2: Tensor, k: int, u_first: Tensor, u_trials: Tensor) -> Tensor:
     """Greedy k-means++ for ``R`` restarts of every image; ``(B, R, k)`` point indices."""
     b, n, _ = x.shape
@@ -122,7 +142,7 @@ def batched_kmeans(
         normalize: L2-normalise the points first (cosine geometry).
 
     Returns:
-        A :class:`KMeansResult`.
+        A :class:`KMeansResult`. On the CPU, torch runs single-threaded for the call.
     """
     if not isinstance(x, Tensor) or x.ndim != 3 or not x.is_floating_point():
         raise ValueError(f"x must be a (B, N, d) float tensor, got {getattr(x, 'shape', x)}")
@@ -132,6 +152,15 @@ def batched_kmeans(
     for name, v in (("n_init", n_init), ("max_iter", max_iter)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    with _one_cpu_thread(x.device):
+        return _lloyd(x, n_clusters, n_init, max_iter, seed, normalize)
+
+
+def _lloyd(
+    x: Tensor, n_clusters: int, n_init: int, max_iter: int, seed: int, normalize: bool
+) -> KMeansResult:
+    """The computation behind :func:`batched_kmeans` (arguments checked there)."""
+    b, n, _ = x.shape
     k, r = n_clusters, n_init
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(dtype)

@@ -36,7 +36,8 @@ def test_testbed_mode_writes_table_and_figures(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     names = ["grounding.csv", "grounding.md", "classes.png", "coverage.png", "conditions.png",
              "examples_testbed_default.png"]  # fmt: skip
-    assert printed == [f"wrote {out / n}" for n in names]
+    assert printed[-len(names) :] == [f"wrote {out / n}" for n in names]
+    assert printed[0].startswith("| model | role | n | area_share | object_share")
     rows = read_rows(out / "grounding.csv")
     # 2 seeds x 2 objects x 3 conditions, roles object + attribute + context each
     assert len(rows) == 36

@@ -208,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
     spread = "seed" if args.mode == "testbed" and len(args.seeds) > 1 else None
     skip = ("func", "no_progress", "command")
     settings = {k: v for k, v in vars(args).items() if k not in skip}
+    from captum_clip.grounding import markdown, summarise
+
+    cols = ["model", "role", "n", "area_share", "object_share", "pointing", "misplaced"]
+    print(markdown(summarise(rows, ("model", "role"), spread), cols))
     for path in write_report(rows, examples, args.out, args.mode, spread, settings, random):
         _common.wrote(path)
     return 0

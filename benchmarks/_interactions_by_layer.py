@@ -11,7 +11,9 @@ last ``n - L`` blocks; a JVP costs about two forwards, so its limit is
 ``2 * N * K * (n - L) / n * t``, with ``t`` the per-example time of the tower's forward in
 one large batch (measured in the same process). At the default layer (``L = n - 1``) the
 fast route evaluates all tangents of a step at about the cost of one block, so that
-side's limit is taken as ``2 * N * t / n``. The row's limit is the sum over both towers.
+side's limit is taken as ``2 * N * t / n``. Every call also runs each tower on the input
+and the reference up to the layer and then from the layer to the embedding: ``2 t (1 + (n -
+L) / n)`` per tower. The row's limit is the sum over both towers.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def worker(name: str, layers: tuple[int, int], n_steps: int, device_name: str, c
         tokens[side] = k
         n = enc.n_blocks
         fraction = (n - index) / n
+        # hidden states of input and reference, their embeddings, then the tangents
+        limit += 2 * t + 2 * fraction * t
         limit += 2 * n_steps * t * (1 / n if index == n - 1 else k * fraction)
     general = []  # pairs per pass of the sides below the last block (the fast route has its own)
     for side, layer, tower, inputs in (

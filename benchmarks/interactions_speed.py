@@ -213,8 +213,9 @@ def by_layer(args) -> None:
             f"torch {torch.__version__}; one warm-up call first; one timed call per row, each "
             "row in a fresh process. Limit: 2 x N x (active tokens) x (share of the tower "
             "after the layer) x (per-example forward time in a batch of "
-            f"{args.forward_batch}), summed over both towers (a side at the default layer "
-            "counts one block per step); see `benchmarks/_interactions_by_layer.py`.",
+            f"{args.forward_batch}), plus the plain forwards of input and reference every "
+            "call makes, summed over both towers (a side at the default layer counts one "
+            "block per step); see `benchmarks/_interactions_by_layer.py`.",
             "",
             *bl.table(rows),
         ]

@@ -68,6 +68,8 @@ def test_toy_table_exact_values():
     assert obj["positive_mass"] == pytest.approx(8.0)
     assert obj["object_share"] == pytest.approx(6 / 8)
     assert obj["lift"] == pytest.approx(3.0)
+    # whole caption: text coefficients sum to 1, so its map is the image's [[3, -1], [1, 0]]
+    assert obj["caption_share"] == ctx["caption_share"] == pytest.approx(3 / 4)
     assert obj["pointing"] == 1
     assert obj["total"] == pytest.approx(2 * 3.5)  # CLS column included
     assert obj["object_total"] == pytest.approx(6.0)

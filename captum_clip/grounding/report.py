@@ -20,7 +20,9 @@ from captum_clip.viz.marks import mark_random_weights
 
 __all__ = ["summary_markdown", "write_report"]
 
-STAT_COLUMNS = ("n", "area_share", "object_share", "pointing", "total", "misplaced")
+STAT_COLUMNS = (
+    "n", "area_share", "object_share", "caption_share", "pointing", "total", "misplaced",
+)  # fmt: skip
 
 
 def _columns(*keys: str) -> list[str]:
@@ -44,7 +46,8 @@ def summary_markdown(
         "",
         f"Numbers: {spread_text}. `object_share`: share of the word's positive interaction "
         "mass on the object; `area_share`: the object's share of the image (chance level); "
-        "`pointing`: the word map's maximum lies on the object; `total`: the word's "
+        "`caption_share`: the same share for the whole caption's map (where the image's "
+        "interaction mass lies anyway); `pointing`: the word map's maximum lies on the object; `total`: the word's "
         "interaction with the whole image; `misplaced`: object word grounded below chance "
         "on the object, or context word above chance on it (definitions in "
         "`docs/grounding.md`).",

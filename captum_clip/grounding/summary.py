@@ -45,6 +45,7 @@ STATS = (
     "object_share",
     "background_share",
     "lift",
+    "caption_share",
     "pointing",
     "total",
     "misplaced",

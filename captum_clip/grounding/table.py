@@ -18,6 +18,11 @@ patch ``p`` inside the object mask and ``m+ = max(m, 0)``:
 * ``total`` -- the phrase's interaction with the whole image: its rows of ``A`` summed
   over *all* image tokens, CLS included (= its first-order integrated gradient);
 * ``object_total = sum_p m[p] w[p]`` -- its signed interaction with the object;
+* ``caption_share`` -- ``object_share`` of the whole caption's map (all token rows
+  summed): where the image's interaction mass lies anyway. The image side's path from the
+  baseline is often largest on the object (a saturated object against the mean-colour
+  baseline), which pulls every word's map there; a word below ``caption_share`` is drawn
+  *away* from the object relative to the caption as a whole;
 * ``misplaced`` (the *correlated contexts* failure) -- an ``object`` phrase whose
   ``object_share`` is below ``area_share`` (it is grounded on the background more than a
   uniform map), or a ``context`` phrase whose ``object_share`` is above ``area_share`` (it
@@ -180,6 +185,9 @@ def measure(
     for i in range(n):
         w = patch_weights(masks[i], grid, result.image_size, i).to(a.device)
         area = float(w.mean())
+        whole = a[i, :, k:].double().sum(0).reshape(grid).clamp(min=0)
+        whole_mass = float(whole.sum())
+        caption_share = float((whole * w).sum()) / whole_mass if whole_mass > 0 else math.nan
         for role, word in normalise_roles(roles[i]):
             pos = phrase_positions(result.tokens[i], word)
             block = a[i, pos].double()
@@ -201,6 +209,7 @@ def measure(
                 "area_share": area,
                 "object_share": share,
                 "lift": share / area,
+                "caption_share": caption_share,
                 "pointing": int(float(w.reshape(-1)[top]) >= 0.5),
                 "total": float(block.sum()),
                 "object_total": float((m * w).sum()),

@@ -200,7 +200,7 @@ for name, a in maps.items():
 # hidden regions instead; exact Shapley values over K=7 regions need all 2^7 = 128
 # coalitions -- still one batched attention-masked forward
 # (`docs/cci.md` explains every estimator and its cost). In the benchmark over three
-# seeds and four zoo models (`benchmarks/results/cci_regions.md`) Shapley values of the
+# seeds and five zoo models (`benchmarks/results/cci_regions.md`) Shapley values of the
 # target *probability* rank first or second of nine methods on whole-patch deletion on
 # every model, where the paper's CCI ranks 5th to 8th; `CCI()` keeps leave-one-out as its
 # default because it costs 8 forwards per image instead of 128.

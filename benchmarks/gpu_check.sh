@@ -8,8 +8,9 @@
 # in .whl/ (ignored by git) are installed to /tmp/site first: on this workplace's lent GPU
 # machine, carry .whl with the wheels of open_clip_torch, captum, ftfy and wcwidth, e.g.
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
-# Tables go to benchmarks/results/*_cuda.md (GPU named in them); logs and tables are also
-# copied to $OUT when it is set.
+# Tables go to benchmarks/results/cci_speed_cuda.md and the GPU sections of
+# benchmarks/results/interactions_speed.md (GPU named in them); logs and tables are also
+# copied to $OUT when it is set. Expected time on an H200: about 2 min for cci.
 set -uo pipefail
 what=${1:-all}
 PY=${PYTHON:-python3}
@@ -28,10 +29,14 @@ if [ "$what" = all ] || [ "$what" = cci ]; then
     || status=1
 fi
 if [ "$what" = all ] || [ "$what" = interactions ]; then
-  timeout 420 $PY benchmarks/interactions_speed.py --device cuda 2>&1 \
-    | tee "$logs/interactions_speed_cuda.log" || status=1
+  # by-layer tables (their GPU sections of results/interactions_speed.md)
+  timeout 420 $PY benchmarks/interactions_speed.py --by-layer --device cuda --model ViT-B-16 \
+    2>&1 | tee "$logs/interactions_speed_cuda.log" || status=1
+  timeout 300 $PY benchmarks/interactions_speed.py --by-layer --device cuda --model ViT-L-14 \
+    --layers=6,6 2>&1 | tee -a "$logs/interactions_speed_cuda.log" || status=1
 fi
 if [ -n "${OUT:-}" ]; then
-  cp benchmarks/results/*cuda*.md "$OUT"/ 2>/dev/null || true
+  cp benchmarks/results/cci_speed_cuda.md benchmarks/results/interactions_speed.md "$OUT"/ \
+    2>/dev/null || true
 fi
 exit $status

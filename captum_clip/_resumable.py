@@ -412,3 +412,21 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 _DIGESTS: dict[tuple, str] = {}
+
+
+def state_dict_digest(model: Any) -> str:
+    """``"sha256:<first 16 hex digits>"`` of a model's state dict (names, dtypes, shapes, bytes).
+
+    Exact: equal only when every weight is bit-identical, whatever device it lives on. Used
+    as the model identity of resumable runs (COVAR, retrieval).
+    """
+    import torch  # lazily: writer processes that only merge tables never load torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        c = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
+    return "sha256:" + h.hexdigest()[:16]

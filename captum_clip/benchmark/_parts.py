@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_clip._resumable import state_dict_digest
+
 __all__ = ["fingerprint_model", "identity_hash", "part_path", "read_part", "write_part"]
 
 #: Keys every part must hold (checked on reading).
@@ -30,19 +32,8 @@ PART_KEYS = (
 
 
 def fingerprint_model(model: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (name, shape, dtype, bytes, on the CPU).
-
-    Exact: two models have the same fingerprint only when every weight is bit-identical,
-    whatever device they live on.
-    """
-    h = hashlib.sha256()
-    for name, t in list(model.state_dict().items()):
-        if not isinstance(t, Tensor):
-            continue
-        c = t.detach().to("cpu").contiguous().reshape(-1)
-        h.update(f"{name}|{tuple(t.shape)}|{c.dtype}".encode())
-        h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
-    return h.hexdigest()
+    """The model identity of a run's parts: :func:`captum_clip._resumable.state_dict_digest`."""
+    return state_dict_digest(model)
 
 
 def identity_hash(identity: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_clip._resumable import state_dict_digest
 from captum_clip.model_spec import DEFAULT_TEMPLATES, TESTBED_TEMPLATES
 
 __all__ = ["DEFAULT_TEMPLATES", "TESTBED_TEMPLATES", "ModelEntry", "resolve_model"]
@@ -69,16 +70,6 @@ class ModelEntry:
             raise ValueError(f"model {self.key!r} needs a preprocess and a tokenizer")
         self.model = self.model.to(device)
         return self
-
-
-def state_dict_digest(model: nn.Module) -> str:
-    """``"sha256:<16 hex>"`` of a model's state dict (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + h.hexdigest()[:16]
 
 
 def _files_digest(paths: list[Path]) -> str:

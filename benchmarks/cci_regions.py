@@ -55,20 +55,27 @@ METRICS = (  # column, header, lower is better
 )
 
 
-def run_one(variant: str, seed: int, n: int, methods: list[str]) -> tuple[pd.DataFrame, dict]:
-    """Faithfulness summary (one row per method) and the region-ablation diagnosis."""
-    from captum_clip.benchmark import MetricSettings, evaluate
-    from captum_clip.diagnosis import REGION_ABLATION, causal_agreement, diagnose
+def _testbed_classifier(variant: str):
+    """The benchmark's zero-shot head on a zoo variant (the model's own logit scale)."""
     from captum_clip.models import ClipClassifier
-    from captum_clip.testbed import causal_labels, load_testbed, shapes
+    from captum_clip.testbed import load_testbed, shapes
 
     model, _, tok = load_testbed(variant)
-    clf = ClipClassifier(
+    return ClipClassifier(
         model,
         tok,
         list(shapes.CLASS_NAMES),
         templates=(shapes.PROMPT_TEMPLATE.format(pattern="{}"),),
     )
+
+
+def run_one(variant: str, seed: int, n: int, methods: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Faithfulness summary (one row per method) and the region-ablation diagnosis."""
+    from captum_clip.benchmark import MetricSettings, evaluate
+    from captum_clip.diagnosis import REGION_ABLATION, causal_agreement, diagnose
+    from captum_clip.testbed import causal_labels, shapes
+
+    clf = _testbed_classifier(variant)
     scenes = shapes.generate_scenes(n, seed=seed, rho=0.5, size=clf.image_size[0])
     x = shapes.normalize(scenes.images)
     truth = causal_labels(clf, scenes, internal_batch_size=16)
@@ -111,16 +118,9 @@ def run_one(variant: str, seed: int, n: int, methods: list[str]) -> tuple[pd.Dat
 def run_diagnosis(variant: str, seed: int, n: int) -> dict:
     """Region ablation vs the paper's CCI ``fg_share`` diagnosis on ``n`` scenes."""
     from captum_clip.diagnosis import REGION_ABLATION, causal_agreement, diagnose
-    from captum_clip.models import ClipClassifier
-    from captum_clip.testbed import causal_labels, load_testbed, shapes
+    from captum_clip.testbed import causal_labels, shapes
 
-    model, _, tok = load_testbed(variant)
-    clf = ClipClassifier(
-        model,
-        tok,
-        list(shapes.CLASS_NAMES),
-        templates=(shapes.PROMPT_TEMPLATE.format(pattern="{}"),),
-    )
+    clf = _testbed_classifier(variant)
     scenes = shapes.generate_scenes(n, seed=seed, rho=0.5, size=clf.image_size[0])
     x = shapes.normalize(scenes.images)
     truth = causal_labels(clf, scenes, internal_batch_size=32)

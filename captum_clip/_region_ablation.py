@@ -45,7 +45,7 @@ def region_effects(
 
     Args:
         forward_func: Images -> ``(B, n_classes)``; needs ``.vision`` (a
-            :class:`~captum_clip._towers.VisionTower`) for attention mode.
+            :class:`~captum_clip.models.base.VisionTower`) for attention mode.
         images: ``(B, 3, H, W)`` model inputs.
         masks: ``(B, H, W)`` bool object masks.
         target: ``(B,)`` class per image.

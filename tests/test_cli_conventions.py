@@ -94,8 +94,8 @@ def test_gradcam_with_n_clusters_warns(tmp_path, capsys):
 def test_offline_pretrained_tag_fails_at_once_with_cli_advice(tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
-    from captum_clip.model_spec import PretrainedUnavailableError
     from captum_clip.models import load_clip
+    from captum_clip.models.spec import PretrainedUnavailableError
 
     (img,) = _scene_files(tmp_path, 1)
     argv = ["explain", str(img), "--labels", "dots,checks", "--model", "ViT-B-32",
@@ -117,7 +117,7 @@ def test_offline_pretrained_tag_fails_at_once_with_cli_advice(tmp_path, capsys, 
 def test_offline_check_looks_in_the_caches_before_building(tmp_path, monkeypatch):
     import open_clip
 
-    from captum_clip.model_spec import (
+    from captum_clip.models.spec import (
         PretrainedUnavailableError,
         create_pretrained,
         weights_cached,
@@ -142,7 +142,7 @@ def test_offline_check_looks_in_the_caches_before_building(tmp_path, monkeypatch
 def test_unreachable_hub_is_probed_once(monkeypatch, no_network, capsys, tmp_path):
     from conftest import no_network as guard
 
-    from captum_clip.model_spec import hub_unreachable_reason
+    from captum_clip.models.spec import hub_unreachable_reason
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -294,7 +294,7 @@ def test_offline_failure_does_not_even_import_open_clip(tmp_path):
 def test_registry_without_import_matches_open_clip():
     import open_clip
 
-    from captum_clip import _open_clip_registry as registry
+    from captum_clip.models import registry
 
     light = registry._registry()  # open_clip/pretrained.py under a private package name
     assert light is not open_clip.pretrained

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from captum_clip.cli import main
-from captum_clip.model_spec import parse_model_spec
+from captum_clip.models.spec import parse_model_spec
 from captum_clip.testbed import shapes
 
 LABELS = ["dots", "checks", "solid"]

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from conftest import TINY_VIT, ToyHFTokenizer, make_tiny_hf_clip, make_tiny_vit, tiny_tokenizer
 from test_grad_eclip import hand_score, manual_block, one_informative_patch_model, upsample
 
-from captum_clip._blocks import BlockView, block_forward, trace_blocks
 from captum_clip._hooks import HookManager
 from captum_clip.attr import GradECLIP, GradientRollout, MaskCLIP
 from captum_clip.models import ClipClassifier
+from captum_clip.models.blocks import BlockView, block_forward, trace_blocks
 
 CLASSES = ["cat", "dog", "car"]
 

@@ -19,11 +19,11 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_clip._blocks import BlockTrace, trace_blocks
 from captum_clip._hooks import HookManager
-from captum_clip._towers import VisionTower
 from captum_clip._validate import check_batch_size, check_images, check_target
-from captum_clip.models import resolve_tower
+from captum_clip.models.adapter import resolve_tower
+from captum_clip.models.base import VisionTower
+from captum_clip.models.blocks import BlockTrace, trace_blocks
 
 __all__ = ["PatchMapAttribution", "split_batches", "slice_args", "to_input_shape", "traced_scores"]
 

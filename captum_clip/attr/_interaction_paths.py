@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.func import jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from captum_clip._blocks import RowPath
+from captum_clip.models.blocks import RowPath
 
 with warnings.catch_warnings():
     # torch.func.jvp imports this module on first use, and importing it calls the deprecated

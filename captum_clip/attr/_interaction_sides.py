@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_clip._blocks import RowPath, row_path
 from captum_clip._validate import check_images
-from captum_clip.models import check_context_length, token_strings, tokenize
+from captum_clip.models.blocks import RowPath, row_path
+from captum_clip.models.heads import check_context_length, token_strings, tokenize
 
 __all__ = ["TokenEncoder", "ClipImageEncoder", "ClipTextEncoder", "layer_to_index"]
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from captum_clip._towers import VisionTower
+from captum_clip.models.base import VisionTower
 
 __all__ = ["one_region_each", "region_hidden", "variant_scores"]
 

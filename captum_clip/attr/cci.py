@@ -34,7 +34,7 @@ from captum_clip.attr._kmeans import batched_kmeans, sklearn_labels
 from captum_clip.attr._region_games import game_values, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
 from captum_clip.metrics._common import expand_args, make_baseline
-from captum_clip.models import resolve_tower
+from captum_clip.models.adapter import resolve_tower
 
 resolve_vision = resolve_tower  # former name; see captum_clip.models.resolve_tower
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from captum_clip._blocks import BlockTrace
 from captum_clip._hooks import HookManager
 from captum_clip.attr._base import PatchMapAttribution, traced_scores
+from captum_clip.models.blocks import BlockTrace
 
 __all__ = ["GradECLIP", "grad_eclip_contributions"]
 
@@ -39,7 +39,7 @@ def grad_eclip_contributions(
     """Per-token contributions ``(B, L)`` before the ReLU.
 
     Args:
-        trace: The last block's :class:`~captum_clip._blocks.BlockTrace`.
+        trace: The last block's :class:`~captum_clip.models.blocks.BlockTrace`.
         grad_context: ``ds/d context`` ``(B, L, d)``; row 0 (class token) gives ``w``.
         n_prefix: Number of prefix tokens (class token first); patches follow.
         spatial: ``"loosened"`` (``lambda_i`` = min-max normalised ``cos(q_cls, k_i)``

@@ -59,7 +59,7 @@ class IntegratedInteractions(GradientAttribution):
     """
 
     def __init__(self, model: nn.Module, tokenizer: Callable | None = None) -> None:
-        from captum_clip.models import ClipAdapter
+        from captum_clip.models.adapter import ClipAdapter
 
         adapter = ClipAdapter(model)
         text = ClipTextEncoder(adapter.text, tokenizer)

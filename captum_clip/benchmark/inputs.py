@@ -63,7 +63,7 @@ def run_testbed(
         targets are the predicted classes, masks the exact object masks, causal labels
         from :func:`captum_clip.testbed.causal_labels`.
     """
-    from captum_clip.models import ClipClassifier
+    from captum_clip.models.heads import ClipClassifier
     from captum_clip.testbed import causal_labels, load_testbed, shapes
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -219,8 +219,8 @@ def run_folder(
             :func:`~captum_clip.benchmark.faithfulness.evaluate`.
     """
     from captum_clip.covar._models import resolve_model
-    from captum_clip.model_spec import default_templates
-    from captum_clip.models import ClipClassifier
+    from captum_clip.models.heads import ClipClassifier
+    from captum_clip.models.spec import default_templates
 
     if target not in ("pred", "label"):
         raise ValueError(f"target must be 'pred' or 'label', got {target!r}")

@@ -206,7 +206,7 @@ def save_curve_plots(
     from matplotlib.figure import Figure
 
     from captum_clip.metrics import plot_curves
-    from captum_clip.model_spec import has_random_weights
+    from captum_clip.models.spec import has_random_weights
     from captum_clip.viz.marks import mark_random_weights
 
     path = Path(path)

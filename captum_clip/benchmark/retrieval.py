@@ -43,7 +43,8 @@ from captum_clip.covar.distributed import DistContext, init_from_env, shard
 from captum_clip.datasets import CaptionGallery
 from captum_clip.metrics import GRAD_ECLIP, RISE, Protocol, curve_auc
 from captum_clip.metrics.retrieval import gallery_recall, perturbed_embeddings
-from captum_clip.models import ClipAdapter, ClipSimilarity, check_context_length
+from captum_clip.models.adapter import ClipAdapter
+from captum_clip.models.heads import ClipSimilarity, check_context_length
 
 __all__ = [
     "DEFAULT_METHODS",

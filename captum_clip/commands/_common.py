@@ -91,8 +91,8 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def model_spec(args: argparse.Namespace):
-    """The parsed :class:`~captum_clip.model_spec.ModelSpec` of ``--model`` (+ aliases)."""
-    from captum_clip.model_spec import parse_model_spec
+    """The parsed :class:`~captum_clip.models.spec.ModelSpec` of ``--model`` (+ aliases)."""
+    from captum_clip.models.spec import parse_model_spec
 
     return parse_model_spec(
         args.model, getattr(args, "pretrained", None), getattr(args, "checkpoint", None)
@@ -113,7 +113,7 @@ def load_model(args: argparse.Namespace):
 
     Prints the random-weights warning to stderr when the model has random weights.
     """
-    from captum_clip.model_spec import resolve_device
+    from captum_clip.models.spec import resolve_device
 
     spec = model_spec(args)
     loaded = spec.load(resolve_device(args.device))
@@ -124,7 +124,7 @@ def load_model(args: argparse.Namespace):
 
 def classifier(args: argparse.Namespace, class_names: Sequence[str], templates=None):
     """``(ClipClassifier, loaded, spec)`` with the spec's default templates unless given."""
-    from captum_clip.models import ClipClassifier
+    from captum_clip.models.heads import ClipClassifier
 
     loaded, spec = load_model(args)
     clf = ClipClassifier(

@@ -139,7 +139,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """Runs ``covar eval`` from parsed arguments."""
     from captum_clip.covar.distributed import _env_int
     from captum_clip.covar.evaluate import evaluate
-    from captum_clip.model_spec import parse_model_spec
+    from captum_clip.models.spec import parse_model_spec
 
     for spec in args.models:
         if parse_model_spec(spec).random_weights:

@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
 
 def load_demo_model(variant: str = "default"):
     """``(model, tokenizer, image_size, warning)``; random weights (with a warning) if missing."""
-    from captum_clip.models import load_clip
+    from captum_clip.models.loading import load_clip
     from captum_clip.testbed import zoo
 
     try:
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from captum_clip.attr.cci import CCI
     from captum_clip.attr.gradcam import vit_gradcam
     from captum_clip.metrics import mask_share
-    from captum_clip.model_spec import TESTBED_TEMPLATES
-    from captum_clip.models import ClipClassifier
+    from captum_clip.models.heads import ClipClassifier
+    from captum_clip.models.spec import TESTBED_TEMPLATES
     from captum_clip.testbed import shapes
     from captum_clip.viz.figures import demo_figure
 

@@ -259,7 +259,7 @@ def run_testbed_command(args: argparse.Namespace) -> int:
     import torch
 
     from captum_clip.benchmark.inputs import TESTBED_SEED, run_testbed
-    from captum_clip.model_spec import resolve_device
+    from captum_clip.models.spec import resolve_device
 
     torch.set_num_threads(args.threads)
     args.device = str(resolve_device(args.device))
@@ -293,7 +293,7 @@ def run_folder_command(args: argparse.Namespace) -> int:
     import torch
 
     from captum_clip.benchmark.inputs import run_folder
-    from captum_clip.model_spec import parse_model_spec, resolve_device
+    from captum_clip.models.spec import parse_model_spec, resolve_device
 
     if parse_model_spec(args.model).random_weights:
         print(_common.random_weights_warning(args.model), file=sys.stderr)

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from captum_clip.attr import IntegratedInteractions
     from captum_clip.grounding import analyse
     from captum_clip.grounding.report import write_report
-    from captum_clip.model_spec import parse_model_spec, resolve_device
+    from captum_clip.models.spec import parse_model_spec, resolve_device
 
     _check(args)
     specs = [parse_model_spec(s) for s in args.model]  # bad specs fail before any work

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from captum_clip._resumable import state_dict_digest
-from captum_clip.model_spec import DEFAULT_TEMPLATES, TESTBED_TEMPLATES
+from captum_clip.models.spec import DEFAULT_TEMPLATES, TESTBED_TEMPLATES
 
 __all__ = ["DEFAULT_TEMPLATES", "TESTBED_TEMPLATES", "ModelEntry", "resolve_model"]
 
@@ -118,13 +118,13 @@ def weights_fingerprint(
 def resolve_model(spec: str | ModelEntry, device: Any = "cpu") -> ModelEntry:
     """Turns a model spec into a lazily loaded :class:`ModelEntry`.
 
-    Specs follow :mod:`captum_clip.model_spec` (``testbed[:VARIANT[:FILE]]``,
+    Specs follow :mod:`captum_clip.models.spec` (``testbed[:VARIANT[:FILE]]``,
     ``NAME[:TAG|:CHECKPOINT]``, ``hf:DIR``); they are checked now (unknown names, variants,
     tags and missing files fail before any other model runs) and loaded on first use.
     """
     if isinstance(spec, ModelEntry):
         return spec
-    from captum_clip.model_spec import parse_model_spec
+    from captum_clip.models.spec import parse_model_spec
 
     parsed = parse_model_spec(spec)
     templates = TESTBED_TEMPLATES if parsed.family == "testbed" else None

@@ -186,7 +186,7 @@ def _rows(key: str, ident: str, rows: pd.DataFrame, t: pd.DataFrame) -> pd.DataF
 
 def _run_batches(entry, root, table, batches, mine, ctx, class_names, opts) -> int:
     from captum_clip.diagnosis import diagnose
-    from captum_clip.models import ClipClassifier
+    from captum_clip.models.heads import ClipClassifier
 
     templates = entry.templates or opts["templates"] or DEFAULT_TEMPLATES
     clf = ClipClassifier(entry.model, entry.tokenizer, class_names, templates=templates)

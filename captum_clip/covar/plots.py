@@ -30,7 +30,7 @@ def plot_summary(
     """
     from matplotlib.figure import Figure
 
-    from captum_clip.model_spec import has_random_weights
+    from captum_clip.models.spec import has_random_weights
 
     needed = {
         "model",

@@ -22,7 +22,7 @@ from captum_clip.masks._common import (
     to_unit_images,
 )
 from captum_clip.metrics._common import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from captum_clip.models import CheckpointNotFoundError
+from captum_clip.models.errors import CheckpointNotFoundError
 
 
 def _import_sam() -> Any:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from captum_clip.models import ClipClassifier
+from captum_clip.models.heads import ClipClassifier
 from captum_clip.testbed.shapes import CLASS_NAMES, PROMPT_TEMPLATE, normalize
 from captum_clip.testbed.tokenizer import TestbedTokenizer
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_clip._adapter import ClipAdapter
-from captum_clip._towers import VisionTower
 from captum_clip._validate import check_images
+from captum_clip.models.adapter import ClipAdapter
+from captum_clip.models.base import VisionTower
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -167,7 +167,7 @@ class ClipClassifier(_ClipHead):
     Args:
         model: open_clip CLIP (ViT or ResNet) or ``transformers.CLIPModel``.
         tokenizer: Callable ``texts -> LongTensor (N, S)`` (open_clip's tokenizer, the
-            testbed tokenizer, or :class:`captum_clip.hf.HFTokenizer`).
+            testbed tokenizer, or :class:`captum_clip.models.hf_clip.HFTokenizer`).
         class_names: One name per class.
         templates: Prompt templates with one ``{}`` for the class name.
         logit_scale: Override the model's logit scale (e.g. ``1.0`` for plain cosines).

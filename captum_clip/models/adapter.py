@@ -12,8 +12,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from captum_clip._text_towers import OpenClipText, TextTower
-from captum_clip._towers import OpenClipResNet, OpenClipViT, VisionTower
+from captum_clip.models.base import TextTower, VisionTower
+from captum_clip.models.conv import OpenClipResNet
+from captum_clip.models.open_clip_text import OpenClipText
+from captum_clip.models.open_clip_vit import OpenClipViT
 
 __all__ = ["ClipAdapter", "resolve_tower", "vision_tower"]
 
@@ -35,12 +37,12 @@ class ClipAdapter:
 
     Attributes:
         model: The wrapped model (unchanged).
-        vision: A :class:`~captum_clip._towers.VisionTower` (patch grid, blocks, hidden states).
-        text: A :class:`~captum_clip._text_towers.TextTower`.
+        vision: A :class:`~captum_clip.models.base.VisionTower` (patch grid, blocks, hidden states).
+        text: A :class:`~captum_clip.models.base.TextTower`.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        from captum_clip.hf import HFClipText, HFClipVision, is_hf_clip
+        from captum_clip.models.hf_clip import HFClipText, HFClipVision, is_hf_clip
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a CLIP nn.Module, got {type(model).__name__}")
@@ -89,11 +91,11 @@ def resolve_tower(
     Args:
         forward_func: A ``ClipClassifier`` / ``ClipSimilarity`` (anything with a
             ``.vision`` tower adapter; used when ``vision_model`` is None) or any callable.
-        vision_model: A :class:`~captum_clip._towers.VisionTower`, a :class:`ClipAdapter`,
+        vision_model: A :class:`~captum_clip.models.base.VisionTower`, a :class:`ClipAdapter`,
             a ``ClipClassifier`` / ``ClipSimilarity``, an open_clip ``CLIP`` / Hugging Face
             ``CLIPModel``, or an open_clip visual module (``VisionTransformer`` or
             ``ModifiedResNet``).
-        vit: Require a ViT tower whose blocks :class:`~captum_clip._blocks.BlockView`
+        vit: Require a ViT tower whose blocks :class:`~captum_clip.models.blocks.BlockView`
             can open (open_clip or Hugging Face CLIP).
         need_cls: Require a tower that pools the class token (implies ``vit``).
 

@@ -16,8 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager
-from captum_clip._text_towers import TextTower
-from captum_clip._towers import ViTTower
+from captum_clip.models.base import TextTower, ViTTower
 
 __all__ = ["is_hf_clip", "HFClipVision", "HFClipText", "HFTokenizer"]
 

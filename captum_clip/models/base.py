@@ -3,7 +3,7 @@
 Attribution methods need more than ``encode_image``: the hidden states at a chosen block,
 the map from those states to the embedding, the patch grid, and a way to hide patches
 from every attention layer. The classes here give that for open_clip ViTs, open_clip
-ResNets (``ModifiedResNet``) and open_clip text transformers; ``captum_clip.hf`` gives the
+ResNets (``ModifiedResNet``) and open_clip text transformers; ``captum_clip.models.hf_clip`` gives the
 same interface for Hugging Face ``CLIPModel``.
 
 Hidden-state indices: ``index=0`` is the input of the first block (the embeddings),
@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_clip._blocks import BlockStack, BlockView
-from captum_clip._hooks import HookManager
+from captum_clip.models.blocks import BlockStack, BlockView
 
-__all__ = ["VisionTower", "ViTTower", "OpenClipViT", "OpenClipResNet", "check_index"]
+__all__ = ["TextTower", "VisionTower", "ViTTower", "check_index"]
 
 
 def check_index(index: int, n_blocks: int, what: str) -> int:
@@ -81,7 +80,7 @@ class VisionTower(BlockStack):
         raise ValueError(f"{type(self.module).__name__} is not a transformer vision tower")
 
     def block_view(self, index: int) -> BlockView:
-        """The :class:`~captum_clip._blocks.BlockView` of block ``index`` (ViTs only)."""
+        """The :class:`~captum_clip.models.blocks.BlockView` of block ``index`` (ViTs only)."""
         if not self.is_vit:
             raise ValueError(
                 f"this method needs a ViT vision tower; {type(self.module).__name__} is not one"
@@ -213,135 +212,57 @@ class ViTTower(VisionTower):
             )
 
 
-class OpenClipViT(ViTTower):
-    """open_clip ``VisionTransformer``."""
+class TextTower(BlockStack):
+    """open_clip / HF text tower interface: embed, run blocks, pool to the embedding.
+
+    Declared contract (callers use nothing else): :meth:`attention_mask` (the additive mask
+    the blocks use), :meth:`pool_index`, :meth:`token_head` (the pooled head), :meth:`head`,
+    :meth:`block_view`, ``blocks``, ``context_length`` and ``vocab_size``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
 
     @property
-    def blocks(self) -> list[nn.Module]:
-        return list(self.module.transformer.resblocks)
+    def vocab_size(self) -> int:
+        """Number of token ids the embedding knows (valid ids are ``0 .. vocab_size - 1``)."""
+        raise NotImplementedError
 
     @property
-    def heads(self) -> int:
-        attn = self.blocks[0].attn
-        return attn.num_heads
+    def context_length(self) -> int:
+        raise NotImplementedError
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.module.image_size)
+    def block_view(self, index: int) -> BlockView:
+        """The :class:`~captum_clip.models.blocks.BlockView` of block ``index``."""
+        return BlockView(self.blocks[check_index(index, self.n_blocks - 1, "index")])
 
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return tuple(self.module.grid_size)
+    def hidden_state(self, ids: Tensor, index: int) -> Tensor:
+        index = check_index(index, self.n_blocks, "index")
+        return self.run_blocks(self.embed(ids), ids, 0, index)
 
-    @property
-    def batch_first(self) -> bool:  # type: ignore[override]
-        return getattr(self.module.transformer, "batch_first", True)
+    def from_hidden(self, x: Tensor, ids: Tensor, index: int) -> Tensor:
+        index = check_index(index, self.n_blocks, "index")
+        return self.head(self.run_blocks(x, ids, index, self.n_blocks), ids)
 
-    @property
-    def pool_type(self) -> str:
-        if getattr(self.module, "attn_pool", None) is not None:
-            return "attn"
-        return getattr(self.module, "pool_type", "tok")
+    def embed(self, ids: Tensor) -> Tensor:
+        raise NotImplementedError
 
-    def token_head(self, tokens: Tensor) -> Tensor:
-        if self.pool_type == "attn":
-            raise ValueError("vision towers with an attention pooler (CoCa) are not supported")
-        x = self.module.ln_post(tokens)
-        return x if self.module.proj is None else x @ self.module.proj
+    def attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | None:
+        """The additive mask the blocks use for ``ids``: ``(S, S)`` (causal), ``None`` (no
+        mask: every token reads every token) or a per-example mask of higher rank."""
+        raise NotImplementedError
 
-    def embed(self, images: Tensor) -> Tensor:
-        """Hidden state 0: patch + class embeddings, positions, ``ln_pre``; ``(B, L, d)``."""
-        return self.module._embeds(images)
+    def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
+        raise NotImplementedError
 
-    def run_blocks(
-        self, x: Tensor, start: int, stop: int, attn_mask: Tensor | None = None
-    ) -> Tensor:
-        """Run blocks ``start..stop-1`` on batch-first hidden states ``x``."""
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        for block in self.blocks[start:stop]:
-            x = block(x, attn_mask=attn_mask)
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        return x
+    def pool_index(self, ids: Tensor) -> Tensor:
+        """Position ``(B,)`` of the pooled (end-of-text) token."""
+        raise NotImplementedError
 
-    def head(self, x: Tensor) -> Tensor:
-        """Map the output of the last block ``(B, L, d)`` to the (unnormalised) embedding."""
-        pooled, _ = self.module._pool(x)
-        if self.module.proj is not None:
-            pooled = pooled @ self.module.proj
-        return pooled
+    def token_head(self, rows: Tensor) -> Tensor:
+        """Final norm and projection of output rows ``(..., d)`` -> embeddings ``(..., D)``."""
+        raise NotImplementedError
 
-    def key_mask(self, hidden: Tensor) -> Tensor:
-        """Additive attention mask ``(B*heads, L, L)`` hiding the patches in ``hidden``."""
-        b, p = hidden.shape
-        n_tokens = self.n_prefix + p
-        keys = torch.zeros(b, n_tokens, dtype=torch.bool, device=hidden.device)
-        keys[:, self.n_prefix :] = hidden
-        mask = torch.zeros(b, n_tokens, n_tokens, device=hidden.device)
-        mask.masked_fill_(keys[:, None, :], float("-inf"))
-        return mask.repeat_interleave(self.heads, dim=0)
-
-    @contextmanager
-    def hide_patches(self, hidden: Tensor) -> Iterator[None]:
-        self.check_hidden(hidden)
-        if self.pool_type == "attn":
-            raise ValueError(
-                "attention-mode masking does not support open_clip towers with an "
-                "attention pooler yet; use mask_mode='pixel'"
-            )
-        mask = self.key_mask(hidden)
-        batch = hidden.shape[0]
-        batch_dim = 0 if self.batch_first else 1
-
-        def inject(module, args, kwargs):
-            x = args[0] if args else kwargs["q_x"]
-            self.check_batch(x.shape[batch_dim], batch)
-            current = kwargs.get("attn_mask")
-            m = mask.to(dtype=x.dtype, device=x.device)
-            kwargs["attn_mask"] = m if current is None else current + m
-            return args, kwargs
-
-        with HookManager() as hooks:
-            for block in self.blocks:
-                hooks.forward_pre(block, inject, with_kwargs=True)
-            if self.pool_type == "avg":
-                keep = (~hidden).to(mask.dtype)
-
-                def masked_avg_pool(x: Tensor) -> tuple[Tensor, Tensor]:
-                    w = keep.to(x.device, x.dtype)[:, :, None]
-                    tokens = x[:, self.n_prefix :]
-                    return (tokens * w).sum(1) / w.sum(1).clamp_min(1.0), tokens
-
-                hooks.patch_attr(self.module, "_global_pool", masked_avg_pool)
-            yield
-
-
-class OpenClipResNet(VisionTower):
-    """open_clip ``ModifiedResNet`` (pixel-mode methods only)."""
-
-    pool_type = "attn"  # AttentionPool2d
-
-    @property
-    def blocks(self) -> list[nn.Module]:
-        m = self.module
-        return [m.layer1, m.layer2, m.layer3, m.layer4]
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        s = self.module.image_size
-        return (s, s) if isinstance(s, int) else tuple(s)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        h, w = self.image_size
-        return (h // 32, w // 32)
-
-    def patch_features(self, images: Tensor, layer: int = -1) -> Tensor:
-        stop = self.block_index(layer) + 1
-        m = self.module
-        x = images.to(dtype=m.conv1.weight.dtype)
-        x = m.stem(x)
-        for block in self.blocks[:stop]:
-            x = block(x)
-        return x.permute(0, 2, 3, 1)
+    def head(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Embeddings ``(B, D)`` from the last block's output ``(B, S, d)``."""
+        return self.token_head(x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)])

@@ -1,73 +1,13 @@
-"""Text-tower adapters: the :class:`TextTower` contract and open_clip's text transformer.
-
-Hidden-state indices as in :mod:`captum_clip._towers`.
-"""
+"""open_clip's text transformer (``CLIP`` and ``CustomTextCLIP`` text towers)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from captum_clip._blocks import BlockStack, BlockView
-from captum_clip._towers import check_index
+from captum_clip.models.base import TextTower
 
-__all__ = ["TextTower", "OpenClipText"]
-
-
-class TextTower(BlockStack):
-    """open_clip / HF text tower interface: embed, run blocks, pool to the embedding.
-
-    Declared contract (callers use nothing else): :meth:`attention_mask` (the additive mask
-    the blocks use), :meth:`pool_index`, :meth:`token_head` (the pooled head), :meth:`head`,
-    :meth:`block_view`, ``blocks``, ``context_length`` and ``vocab_size``.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of token ids the embedding knows (valid ids are ``0 .. vocab_size - 1``)."""
-        raise NotImplementedError
-
-    @property
-    def context_length(self) -> int:
-        raise NotImplementedError
-
-    def block_view(self, index: int) -> BlockView:
-        """The :class:`~captum_clip._blocks.BlockView` of block ``index``."""
-        return BlockView(self.blocks[check_index(index, self.n_blocks - 1, "index")])
-
-    def hidden_state(self, ids: Tensor, index: int) -> Tensor:
-        index = check_index(index, self.n_blocks, "index")
-        return self.run_blocks(self.embed(ids), ids, 0, index)
-
-    def from_hidden(self, x: Tensor, ids: Tensor, index: int) -> Tensor:
-        index = check_index(index, self.n_blocks, "index")
-        return self.head(self.run_blocks(x, ids, index, self.n_blocks), ids)
-
-    def embed(self, ids: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | None:
-        """The additive mask the blocks use for ``ids``: ``(S, S)`` (causal), ``None`` (no
-        mask: every token reads every token) or a per-example mask of higher rank."""
-        raise NotImplementedError
-
-    def run_blocks(self, x: Tensor, ids: Tensor, start: int, stop: int) -> Tensor:
-        raise NotImplementedError
-
-    def pool_index(self, ids: Tensor) -> Tensor:
-        """Position ``(B,)`` of the pooled (end-of-text) token."""
-        raise NotImplementedError
-
-    def token_head(self, rows: Tensor) -> Tensor:
-        """Final norm and projection of output rows ``(..., d)`` -> embeddings ``(..., D)``."""
-        raise NotImplementedError
-
-    def head(self, x: Tensor, ids: Tensor) -> Tensor:
-        """Embeddings ``(B, D)`` from the last block's output ``(B, S, d)``."""
-        return self.token_head(x[torch.arange(x.shape[0], device=x.device), self.pool_index(ids)])
+__all__ = ["OpenClipText"]
 
 
 class OpenClipText(TextTower):

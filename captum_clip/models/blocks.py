@@ -18,16 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager
-
-if TYPE_CHECKING:
-    from captum_clip._towers import VisionTower
 
 __all__ = [
     "BlockStack",
@@ -276,9 +273,7 @@ def _replacement(view: BlockView, batch_first: bool, store: dict, index: int) ->
     return forward
 
 
-def trace_blocks(
-    tower: VisionTower, indices: list[int], hooks: HookManager
-) -> dict[int, BlockTrace]:
+def trace_blocks(tower: Any, indices: list[int], hooks: HookManager) -> dict[int, BlockTrace]:
     """Run the blocks ``indices`` through :func:`block_forward` until ``hooks`` exits.
 
     Returns a dict that the next forward pass fills with a :class:`BlockTrace` per traced

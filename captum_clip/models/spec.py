@@ -20,21 +20,25 @@ strings) loads. :func:`default_templates` gives the zero-shot prompt templates f
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from captum_clip.models import (
-    DEFAULT_TEMPLATES,
+from captum_clip.models.errors import (
     CheckpointNotFoundError,
-    LoadedClip,
     ModelLoadError,
-    load_clip,
+    PretrainedUnavailableError,
 )
+from captum_clip.models.heads import DEFAULT_TEMPLATES
+from captum_clip.models.loaders import (
+    LoadedClip,
+    load_hf,
+    load_open_clip,
+    load_testbed_file,
+    load_testbed_variant,
+)
+from captum_clip.models.pretrained import check_pretrained_reachable
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -53,34 +57,6 @@ __all__ = [
 TESTBED_TEMPLATES: tuple[str, ...] = ("a photo of {}",)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 SPEC_GRAMMAR = "testbed[:VARIANT[:FILE]], NAME[:TAG|:CHECKPOINT] (open_clip) or hf:DIR"
-
-
-class PretrainedUnavailableError(ModelLoadError):
-    """Pretrained weights are neither cached nor downloadable (offline, or download failed).
-
-    Attributes:
-        name: The open_clip architecture.
-        pretrained: The pretrained tag.
-        reason: Why they could not be fetched (one line).
-    """
-
-    def __init__(self, name: str, pretrained: str, reason: str) -> None:
-        self.name, self.pretrained, self.reason = name, pretrained, reason
-        super().__init__(
-            f"could not load open_clip {name!r} with pretrained={pretrained!r}: {reason}. "
-            "Pretrained weights download on first use and need internet access; offline, "
-            f"download the file elsewhere and pass load_clip({name!r}, "
-            "checkpoint='path/to/file.pt'), or pretrained=None for random weights."
-        )
-
-    def cli_message(self) -> str:
-        """The same error, with advice in command-line terms."""
-        return (
-            f"could not load --model {self.name}:{self.pretrained}: {self.reason}. Pretrained "
-            "weights download on first use and need internet access. Offline: download the "
-            f"checkpoint on a machine with internet and pass --model {self.name}:/path/to/"
-            f"checkpoint.pt, or --model {self.name} for random weights (meaningless maps)."
-        )
 
 
 @dataclass(frozen=True)
@@ -113,20 +89,26 @@ class ModelSpec:
         """Default zero-shot prompt templates for this model."""
         return TESTBED_TEMPLATES if self.family == "testbed" else DEFAULT_TEMPLATES
 
-    def load(self, device: str | torch.device = "cpu") -> LoadedClip:
-        """Loads the model (eval mode) with its preprocess and tokenizer on ``device``."""
+    def load(
+        self, device: str | torch.device = "cpu", tokenizer: Callable | str | None = None
+    ) -> LoadedClip:
+        """Loads the model (eval mode) with its preprocess and tokenizer on ``device``.
+
+        Args:
+            device: Where to put the model (``"auto"``: CUDA when available).
+            tokenizer: A tokenizer to use instead of the model's own (a callable, or for
+                open_clip architectures a folder with a saved Hugging Face tokenizer).
+        """
         device = resolve_device(device)
         if self.pretrained is not None:
             check_pretrained_reachable(self.name, self.pretrained)  # before importing open_clip
         if self.family == "testbed" and self.checkpoint is not None:
-            return _load_testbed_file(self.variant or "default", self.checkpoint, device)
-        return load_clip(
-            self.name,
-            pretrained=self.pretrained,
-            checkpoint=self.checkpoint,
-            device=device,
-            variant=self.variant,
-        )
+            return load_testbed_file(self.variant or "default", self.checkpoint, device, tokenizer)
+        if self.family == "testbed":
+            return load_testbed_variant(self.variant or "default", device, tokenizer)
+        if self.family == "hf":
+            return load_hf(self.name[3:], device, tokenizer)
+        return load_open_clip(self.name, self.pretrained, self.checkpoint, device, tokenizer)
 
 
 def _is_checkpoint(part: str) -> bool:
@@ -187,7 +169,7 @@ def parse_model_spec(
         return ModelSpec(spec, "testbed", "testbed", checkpoint=path or None, variant=variant)
     import difflib
 
-    from captum_clip import _open_clip_registry as registry
+    from captum_clip.models import registry
 
     known = registry.list_models()
     if name not in known:
@@ -249,150 +231,3 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
         ) from err
-
-
-def _load_testbed_file(variant: str, path: str, device: torch.device) -> LoadedClip:
-    from captum_clip.models import _load_state_dict
-    from captum_clip.testbed.zoo import TestbedPreprocess, build_model, build_tokenizer, load_config
-
-    cfg = load_config(variant)
-    model = build_model(cfg)
-    try:
-        model.load_state_dict({k: v.float() for k, v in _load_state_dict(path).items()})
-    except RuntimeError as err:
-        raise ModelLoadError(
-            f"checkpoint {path!r} does not match testbed variant {variant!r}: {err}"
-        ) from err
-    image_size = int(cfg["model"]["vision_cfg"]["image_size"])
-    return LoadedClip(
-        model.to(device).eval(),
-        TestbedPreprocess(image_size),
-        build_tokenizer(cfg),
-        "testbed",
-        variant,
-    )
-
-
-# --- pretrained weights: fail fast offline -------------------------------------------------
-
-
-def hub_unreachable_reason(timeout: float = 2.0) -> str | None:
-    """Why the Hugging Face hub cannot be reached, or ``None`` when it answers.
-
-    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` count as offline; otherwise one TCP connect
-    to the hub's host (``HF_ENDPOINT`` or huggingface.co) with a ``timeout`` (DNS included,
-    run in a thread so a slow resolver cannot stall), no retries.
-    """
-    from urllib.parse import urlparse
-
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    result: list[BaseException | None] = []
-
-    def probe() -> None:
-        import socket
-
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(None)
-        except OSError as err:
-            result.append(err)
-
-    worker = threading.Thread(target=probe, daemon=True)
-    worker.start()
-    worker.join(timeout + 0.5)
-    if not result:
-        return f"{host} did not answer within {timeout:.0f} s"
-    if result[0] is not None:
-        return f"{host} is unreachable ({result[0]})"
-    return None
-
-
-@contextmanager
-def _hub_cache_only() -> Iterator[None]:
-    """huggingface_hub's offline mode for one call: cached files or an immediate error."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # open_clip then downloads from its URLs; nothing to switch
-        yield
-        return
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
-
-
-def weights_cached(name: str, pretrained: str) -> bool | None:
-    """Whether open_clip's weights for ``name``/``pretrained`` are in the local caches.
-
-    Looks where open_clip would download them (the Hugging Face cache for ``hf_hub``
-    entries, ``~/.cache/clip`` for URLs) without building the model; ``None`` when the tag
-    has no pretrained config (e.g. a file path).
-    """
-    from captum_clip import _open_clip_registry as registry
-
-    cfg = registry.pretrained_cfg(name, pretrained)
-    if not cfg:
-        return None
-    if cfg.get("file"):
-        return os.path.isfile(cfg["file"])
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            hub = ""
-    if hub:
-        model_id, filename = os.path.split(hub)
-        filename = filename or "open_clip_pytorch_model.bin"
-        candidates = [filename, filename.rsplit(".", 1)[0] + ".safetensors"]
-        if filename == "open_clip_pytorch_model.bin":
-            candidates.append("open_clip_model.safetensors")
-        if any(isinstance(try_to_load_from_cache(model_id, f), str) for f in candidates):
-            return True
-    url = cfg.get("url", "")
-    if url:
-        return os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), url.split("/")[-1]))
-    return False
-
-
-def check_pretrained_reachable(name: str, pretrained: str) -> str | None:
-    """Raises :class:`PretrainedUnavailableError` when the hub is unreachable and the
-    weights are not cached; else returns why the hub is unreachable (``None``: online)."""
-    reason = hub_unreachable_reason()
-    if reason is not None and weights_cached(name, pretrained) is False:
-        raise PretrainedUnavailableError(
-            name, pretrained, f"{reason} and the weights are not in the local cache"
-        )
-    return reason
-
-
-def create_pretrained(name: str, pretrained: str) -> tuple[Any, Any]:
-    """``(model, preprocess)`` of open_clip with pretrained weights, failing fast offline.
-
-    When the hub is unreachable only cached weights are used (no retries), and weights that
-    are not cached fail before the model is built; otherwise open_clip downloads as usual.
-    Raises :class:`PretrainedUnavailableError`.
-    """
-    import open_clip
-
-    reason = check_pretrained_reachable(name, pretrained)
-    try:
-        if reason is None:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained
-            )
-        else:
-            with _hub_cache_only():
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    name, pretrained=pretrained
-                )
-    except Exception as err:  # download failures come in many types
-        why = f"{reason} and the weights are not in the local cache" if reason else str(err)
-        raise PretrainedUnavailableError(name, pretrained, why) from err
-    return model, preprocess

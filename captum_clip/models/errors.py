@@ -1,0 +1,41 @@
+"""The errors of model loading (all are ``ValueError`` subclasses: the CLI's exit code 2)."""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointNotFoundError", "ModelLoadError", "PretrainedUnavailableError"]
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says what was tried and how to fix it."""
+
+
+class CheckpointNotFoundError(ModelLoadError, FileNotFoundError):
+    """The checkpoint file given to :func:`load_clip` does not exist."""
+
+
+class PretrainedUnavailableError(ModelLoadError):
+    """Pretrained weights are neither cached nor downloadable (offline, or download failed).
+
+    Attributes:
+        name: The open_clip architecture.
+        pretrained: The pretrained tag.
+        reason: Why they could not be fetched (one line).
+    """
+
+    def __init__(self, name: str, pretrained: str, reason: str) -> None:
+        self.name, self.pretrained, self.reason = name, pretrained, reason
+        super().__init__(
+            f"could not load open_clip {name!r} with pretrained={pretrained!r}: {reason}. "
+            "Pretrained weights download on first use and need internet access; offline, "
+            f"download the file elsewhere and pass load_clip({name!r}, "
+            "checkpoint='path/to/file.pt'), or pretrained=None for random weights."
+        )
+
+    def cli_message(self) -> str:
+        """The same error, with advice in command-line terms."""
+        return (
+            f"could not load --model {self.name}:{self.pretrained}: {self.reason}. Pretrained "
+            "weights download on first use and need internet access. Offline: download the "
+            f"checkpoint on a machine with internet and pass --model {self.name}:/path/to/"
+            f"checkpoint.pt, or --model {self.name} for random weights (meaningless maps)."
+        )

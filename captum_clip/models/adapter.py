@@ -1,9 +1,9 @@
 """From a user's model to the tower adapters: :class:`ClipAdapter` and :func:`resolve_tower`.
 
-This is the one place that recognises model types (open_clip ``CLIP`` /
-``VisionTransformer`` / ``ModifiedResNet``, Hugging Face ``CLIPModel``); every attribution
-method finds its vision tower through :func:`resolve_tower`, with one set of accepted
-inputs and one wording of the errors.
+This is the one place that recognises model types: :func:`vision_tower` and
+:func:`text_tower` map a family to its adapter module (one per family in this package);
+every attribution method finds its vision tower through :func:`resolve_tower`, with one set
+of accepted inputs and one wording of the errors.
 """
 
 from __future__ import annotations
@@ -13,15 +13,23 @@ from typing import Any
 from torch import Tensor, nn
 
 from captum_clip.models.base import TextTower, VisionTower
-from captum_clip.models.conv import OpenClipResNet
-from captum_clip.models.open_clip_text import OpenClipText
+from captum_clip.models.conv import OpenClipResNet, TimmConv
+from captum_clip.models.hf_clip import HFClipText, HFClipVision, is_hf_clip
+from captum_clip.models.hf_siglip import HFSiglipText, HFSiglipVision, is_hf_siglip
+from captum_clip.models.open_clip_text import text_tower as open_clip_text_tower
 from captum_clip.models.open_clip_vit import OpenClipViT
+from captum_clip.models.timm_vit import TimmViT, is_timm_attention
 
 __all__ = ["ClipAdapter", "resolve_tower", "vision_tower"]
 
 
 def vision_tower(visual: nn.Module) -> VisionTower:
-    """The adapter of an open_clip visual module (a generic one for unknown types)."""
+    """The adapter of an open_clip visual module (a generic one for unknown types).
+
+    open_clip ``VisionTransformer`` (CoCa's included), ``ModifiedResNet``, and
+    ``TimmModel`` over a timm ViT / Eva (attention) or any other timm trunk (ConvNeXt,
+    FastViT / MobileCLIP: convolutional, the last stage is the grid).
+    """
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
@@ -29,6 +37,11 @@ def vision_tower(visual: nn.Module) -> VisionTower:
         return OpenClipViT(visual)
     if isinstance(visual, ModifiedResNet):
         return OpenClipResNet(visual)
+    trunk = getattr(visual, "trunk", None)  # open_clip TimmModel
+    if isinstance(trunk, nn.Module):
+        if is_timm_attention(trunk):
+            return TimmViT(visual)
+        return TimmConv(visual)
     return VisionTower(visual)
 
 
@@ -42,24 +55,26 @@ class ClipAdapter:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        from captum_clip.models.hf_clip import HFClipText, HFClipVision, is_hf_clip
-
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a CLIP nn.Module, got {type(model).__name__}")
         self.model = model
-        self.is_hf = is_hf_clip(model)
-        if self.is_hf:
+        self.is_hf = is_hf_clip(model) or is_hf_siglip(model)
+        if is_hf_clip(model):
             self.vision: VisionTower = HFClipVision(model)
             self.text: TextTower = HFClipText(model)
+            return
+        if is_hf_siglip(model):
+            self.vision = HFSiglipVision(model)
+            self.text = HFSiglipText(model)
             return
         visual = getattr(model, "visual", None)
         if not isinstance(visual, nn.Module) or not hasattr(model, "encode_text"):
             raise TypeError(
                 f"{type(model).__name__} is neither an open_clip CLIP (with .visual "
-                "and .encode_text) nor a transformers CLIPModel"
+                "and .encode_text) nor a transformers CLIPModel / SiglipModel"
             )
         self.vision = vision_tower(visual)
-        self.text = OpenClipText(model)
+        self.text = open_clip_text_tower(model)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Unnormalised image embeddings ``(B, D)``."""

@@ -37,3 +37,7 @@ class OpenClipResNet(VisionTower):
         for block in self.blocks[:stop]:
             x = block(x)
         return x.permute(0, 2, 3, 1)
+
+
+class TimmConv(VisionTower):
+    """open_clip ``TimmModel`` over a convolutional timm trunk (TEMPORARY: being written)."""

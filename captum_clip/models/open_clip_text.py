@@ -77,3 +77,8 @@ class OpenClipText(TextTower):
         if proj is None:
             return x
         return proj(x) if isinstance(proj, nn.Module) else x @ proj
+
+
+def text_tower(model: nn.Module) -> TextTower:
+    """The text-tower adapter of an open_clip model."""
+    return OpenClipText(model)

@@ -117,11 +117,8 @@ def test_offline_pretrained_tag_fails_at_once_with_cli_advice(tmp_path, capsys, 
 def test_offline_check_looks_in_the_caches_before_building(tmp_path, monkeypatch):
     import open_clip
 
-    from captum_clip.models.spec import (
-        PretrainedUnavailableError,
-        create_pretrained,
-        weights_cached,
-    )
+    from captum_clip.models.errors import PretrainedUnavailableError
+    from captum_clip.models.pretrained import create_pretrained, weights_cached
 
     monkeypatch.setenv("HOME", str(tmp_path))  # open_clip's URL cache: ~/.cache/clip
     assert weights_cached("ViT-B-32", "openai") is False
@@ -142,7 +139,7 @@ def test_offline_check_looks_in_the_caches_before_building(tmp_path, monkeypatch
 def test_unreachable_hub_is_probed_once(monkeypatch, no_network, capsys, tmp_path):
     from conftest import no_network as guard
 
-    from captum_clip.models.spec import hub_unreachable_reason
+    from captum_clip.models.pretrained import hub_unreachable_reason
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)

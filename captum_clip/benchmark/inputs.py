@@ -204,6 +204,7 @@ def run_folder(
     chunk_size: int = 8,
     device: str | torch.device = "cpu",
     show_progress: bool = False,
+    tokenizer: Any = None,
 ) -> FaithfulnessResult:
     """Benchmarks any CLIP on an image folder (zero-shot classification over the classes).
 
@@ -217,6 +218,8 @@ def run_folder(
             class; needs class sub-folders).
         methods, method_settings, metric_settings, chunk_size, device, show_progress: See
             :func:`~captum_clip.benchmark.faithfulness.evaluate`.
+        tokenizer: Local tokenizer (a saved Hugging Face tokenizer folder, or a callable)
+            used when the model's own one is a hub download (SigLIP family).
     """
     from captum_clip.covar._models import resolve_model
     from captum_clip.models.heads import ClipClassifier
@@ -224,7 +227,7 @@ def run_folder(
 
     if target not in ("pred", "label"):
         raise ValueError(f"target must be 'pred' or 'label', got {target!r}")
-    entry = resolve_model(model).load(torch.device(device))
+    entry = resolve_model(model, tokenizer=tokenizer).load(torch.device(device))
     x, labels, masks, names, _ = load_folder(
         images_dir, entry.preprocess, masks_dir, class_names, max_images, labels_by
     )

@@ -59,6 +59,18 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = "testbed") 
         metavar="FILE",
         help="old spelling of --model NAME:FILE (only with a bare --model NAME)",
     )
+    add_tokenizer_arg(p)
+
+
+def add_tokenizer_arg(p: argparse.ArgumentParser) -> None:
+    """``--tokenizer DIR``: a local tokenizer for models whose own one is a hub download."""
+    p.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="folder with a saved Hugging Face tokenizer, used by models whose tokenizer "
+        "downloads from the hub on first use (SigLIP family; needed offline); other models "
+        "keep their own",
+    )
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
@@ -116,7 +128,8 @@ def load_model(args: argparse.Namespace):
     from captum_clip.models.spec import resolve_device
 
     spec = model_spec(args)
-    loaded = spec.load(resolve_device(args.device))
+    tokenizer = getattr(args, "tokenizer", None) if spec.hub_tokenizer else None
+    loaded = spec.load(resolve_device(args.device), tokenizer=tokenizer)
     if loaded.random_weights:
         print(random_weights_warning(spec.text), file=sys.stderr)
     return loaded, spec

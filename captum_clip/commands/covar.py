@@ -73,6 +73,7 @@ def _add_eval(sub) -> None:
         metavar="SPEC",
         help="one or more model specs: " + _common.SPEC_HELP,
     )
+    _common.add_tokenizer_arg(p)
     p.add_argument("--out", required=True, help="output folder (resumes if it exists)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--chunk-batches", type=int, default=4, help="batches per saved chunk")
@@ -158,6 +159,7 @@ def run_eval(args: argparse.Namespace) -> int:
         device=args.device,
         plot=not args.no_plot,
         show_progress=not args.no_progress,
+        tokenizer=args.tokenizer,
     )
     if _env_int("RANK", 0) == 0:
         from captum_clip.covar._io import find_table

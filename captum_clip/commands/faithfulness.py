@@ -110,6 +110,7 @@ def add_parser(subparsers) -> None:
     f = _common.add_parser(sub, "folder", help="any CLIP on an image folder")
     f.add_argument("images", help="image folder: flat, or one sub-folder per class")
     f.add_argument("--model", required=True, metavar="SPEC", help=_common.SPEC_HELP)
+    _common.add_tokenizer_arg(f)
     f.add_argument("--classes", nargs="+", help="class names (default: the sub-folders)")
     f.add_argument(
         "--templates", nargs="+", help="prompt templates with one {} (default: the model's)"
@@ -325,6 +326,7 @@ def run_folder_command(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         device=args.device,
         show_progress=not args.no_progress,
+        tokenizer=args.tokenizer,
     )
     extra = [
         f"Model {args.model}, images from {args.images}"

@@ -115,12 +115,17 @@ def weights_fingerprint(
     return ""
 
 
-def resolve_model(spec: str | ModelEntry, device: Any = "cpu") -> ModelEntry:
+def resolve_model(
+    spec: str | ModelEntry, device: Any = "cpu", tokenizer: Any = None
+) -> ModelEntry:
     """Turns a model spec into a lazily loaded :class:`ModelEntry`.
 
     Specs follow :mod:`captum_clip.models.spec` (``testbed[:VARIANT[:FILE]]``,
     ``NAME[:TAG|:CHECKPOINT]``, ``hf:DIR``); they are checked now (unknown names, variants,
     tags and missing files fail before any other model runs) and loaded on first use.
+    ``tokenizer`` (a folder with a saved Hugging Face tokenizer, or a callable) replaces the
+    tokenizer of architectures whose own one is a hub download (SigLIP family); the other
+    models keep theirs.
     """
     if isinstance(spec, ModelEntry):
         return spec
@@ -136,6 +141,6 @@ def resolve_model(spec: str | ModelEntry, device: Any = "cpu") -> ModelEntry:
     return ModelEntry(
         parsed.text,
         templates=templates,
-        loader=lambda: parsed.load(device),
+        loader=lambda: parsed.load(device, tokenizer=tokenizer if parsed.hub_tokenizer else None),
         fingerprint=fingerprint,
     )

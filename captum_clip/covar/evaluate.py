@@ -262,6 +262,7 @@ def evaluate(
     device: str | torch.device | None = None,
     plot: bool = True,
     show_progress: bool = True,
+    tokenizer: Any = None,
 ) -> EvalResult:
     """Evaluates models on a COVAR folder (resumable; sharded under ``torchrun``).
 
@@ -289,6 +290,9 @@ def evaluate(
         device: ``None``/``"auto"``: CUDA per rank if available, else CPU.
         plot: Write ``covar_eval.png``.
         show_progress: tqdm progress bars.
+        tokenizer: A folder with a saved Hugging Face tokenizer (or a callable) for the
+            models whose own tokenizer is a hub download (SigLIP family; offline they need
+            one); the other models keep theirs.
 
     Returns:
         :class:`EvalResult`.
@@ -316,7 +320,7 @@ def evaluate(
         manifest = manifest.iloc[:limit]
     if manifest.empty:
         raise ValueError(f"no images to evaluate in {str(root)!r}")
-    entries = [resolve_model(m) for m in models]
+    entries = [resolve_model(m, tokenizer=tokenizer) for m in models]
     keys = [e.key for e in entries]
     if len(set(keys)) != len(keys):
         raise ValueError(f"model keys must be unique, got {keys}")

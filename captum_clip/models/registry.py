@@ -15,11 +15,12 @@ import importlib
 import importlib.util
 import sys
 import types
+import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["list_models", "pretrained_cfg", "pretrained_tags"]
+__all__ = ["hub_tokenizer", "list_models", "model_config", "pretrained_cfg", "pretrained_tags"]
 
 _ALIAS = "_captum_clip_open_clip_registry"
 
@@ -60,3 +61,17 @@ def pretrained_cfg(name: str, tag: str) -> dict:
     """``open_clip.get_pretrained_cfg(name, tag)`` (``{}`` for an unknown pair)."""
     source = _loaded() or _registry()
     return dict(source.get_pretrained_cfg(name, tag) or {})
+
+
+def model_config(name: str) -> dict:
+    """``open_clip.get_model_config(name)`` (``{}`` for an unknown name)."""
+    if _loaded() is not None:
+        return dict(_loaded().get_model_config(name) or {})
+    path = _package_dir() / "model_configs" / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def hub_tokenizer(name: str) -> str:
+    """The Hugging Face hub tokenizer an open_clip architecture downloads on first use
+    (``"timm/ViT-B-16-SigLIP"``...), or ``""`` when its tokenizer ships with open_clip."""
+    return str(model_config(name).get("text_cfg", {}).get("hf_tokenizer_name", "") or "")

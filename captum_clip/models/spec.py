@@ -85,6 +85,16 @@ class ModelSpec:
         return self.family == "open_clip" and self.pretrained is None and self.checkpoint is None
 
     @property
+    def hub_tokenizer(self) -> str:
+        """The Hugging Face hub tokenizer this open_clip architecture downloads on first use
+        (SigLIP family), or ``""``: the models a ``--tokenizer`` folder is meant for."""
+        if self.family != "open_clip":
+            return ""
+        from captum_clip.models import registry
+
+        return registry.hub_tokenizer(self.name)
+
+    @property
     def templates(self) -> tuple[str, ...]:
         """Default zero-shot prompt templates for this model."""
         return TESTBED_TEMPLATES if self.family == "testbed" else DEFAULT_TEMPLATES

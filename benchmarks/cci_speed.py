@@ -95,6 +95,27 @@ class Timer:
         return statistics.median(self(fn) for _ in range(n))
 
 
+def _tokenizer(name: str):
+    """open_clip's tokenizer, or for the SigLIP family (a hub download, not possible offline)
+    a word -> id tokenizer over the context length: the texts only set the class rows."""
+    from captum_clip.models import registry
+
+    if not registry.hub_tokenizer(name):
+        return open_clip.get_tokenizer(name)
+    text_cfg = registry.model_config(name)["text_cfg"]
+    ctx, vocab = int(text_cfg["context_length"]), int(text_cfg["vocab_size"])
+
+    def tokenize(texts):
+        ids = torch.ones(len(texts), ctx, dtype=torch.long)  # pad id 1
+        for i, t in enumerate(texts):
+            words = t.split()[: ctx - 1]
+            ids[i, : len(words)] = torch.tensor([2 + sum(map(ord, w)) % (vocab - 3) for w in words])
+            ids[i, len(words)] = vocab - 1  # end of text
+        return ids
+
+    return tokenize
+
+
 def bench_model(spec: str, device: torch.device, args, timer: Timer) -> tuple[list, dict]:
     """Rows ``(name, seconds)`` and settings of one ``MODEL:BATCH`` spec."""
     name, b = spec.split(":")
@@ -102,16 +123,13 @@ def bench_model(spec: str, device: torch.device, args, timer: Timer) -> tuple[li
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
     model = model.to(device).eval()
-    clf = ClipClassifier(
-        model, open_clip.get_tokenizer(name), ["cat", "person", "cup", "rocket", "grass"]
-    )
+    clf = ClipClassifier(model, _tokenizer(name), ["cat", "person", "cup", "rocket", "grass"])
     x = _images(preprocess, b).to(device)
     with torch.no_grad():
         target = clf(x).argmax(1)
     x_all = x.repeat(k + 1, 1, 1, 1)
     vision = clf.vision
-    patch = vision.module.patch_size
-    patch = patch[0] if isinstance(patch, tuple) else patch
+    patch = vision.image_size[0] // vision.grid_size[0]
     cci = CCI(clf, n_clusters=k, random_state=0)
 
     def forward():

@@ -2,7 +2,9 @@
 # GPU benchmarks: CCI (benchmarks/cci_speed.py) and IntegratedInteractions
 # (benchmarks/interactions_speed.py), both with --device cuda, run from the repository root.
 #
-# Usage: bash benchmarks/gpu_check.sh [all|cci|interactions]
+# Usage: bash benchmarks/gpu_check.sh [all|cci|families|interactions]
+#   families: CCI against its forward limit on ViT-B-16-SigLIP2 and EVA02-B-16 (B=32)
+#             -> benchmarks/results/cci_speed_cuda_families.md (about 2 min on an H200)
 #
 # Needs a CUDA GPU, torch, scikit-learn, scikit-image, open_clip_torch and captum. Wheels found
 # in .whl/ (ignored by git) are installed to /tmp/site first: on this workplace's lent GPU
@@ -28,6 +30,11 @@ if [ "$what" = all ] || [ "$what" = cci ]; then
   timeout 420 $PY benchmarks/cci_speed.py --device cuda 2>&1 | tee "$logs/cci_speed_cuda.log" \
     || status=1
 fi
+if [ "$what" = all ] || [ "$what" = families ]; then
+  timeout 300 $PY benchmarks/cci_speed.py --device cuda --skip occlusion,ig,sklearn \
+    --models ViT-B-16-SigLIP2:32 EVA02-B-16:32 --out benchmarks/results/cci_speed_cuda_families.md \
+    2>&1 | tee "$logs/cci_speed_cuda_families.log" || status=1
+fi
 if [ "$what" = all ] || [ "$what" = interactions ]; then
   # by-layer tables (their GPU sections of results/interactions_speed.md)
   timeout 420 $PY benchmarks/interactions_speed.py --by-layer --device cuda --model ViT-B-16 \
@@ -36,7 +43,8 @@ if [ "$what" = all ] || [ "$what" = interactions ]; then
     --layers=6,6 2>&1 | tee -a "$logs/interactions_speed_cuda.log" || status=1
 fi
 if [ -n "${OUT:-}" ]; then
-  cp benchmarks/results/cci_speed_cuda.md benchmarks/results/interactions_speed.md "$OUT"/ \
+  cp benchmarks/results/cci_speed_cuda.md benchmarks/results/cci_speed_cuda_families.md \
+    benchmarks/results/interactions_speed.md "$OUT"/ \
     2>/dev/null || true
 fi
 exit $status

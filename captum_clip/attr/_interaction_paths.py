@@ -16,6 +16,9 @@ Three exact routes:
   the pooled token's row (CLS / EOT) of that block reaches the embedding. A tangent on
   token ``p`` changes only ``p``'s key and value (and the query when ``p`` is the pooled
   token), so keys/values are computed once per step and every tangent recomputes one row.
+  Per-head ``q_norm`` / ``k_norm``, an inner attention norm and RoPE (timm ViT / EVA
+  blocks) act token by token, so the same argument holds with them (see
+  :class:`~captum_clip.models.blocks.RowPath`).
 """
 
 from __future__ import annotations
@@ -238,16 +241,32 @@ def integrate_pooled(
     mask = mask.masked_fill(~allowed, float("-inf"))
     t_query = delta[pooled][None] * (tokens == pooled)[:, None].to(x.dtype)  # (K, d)
     t_token = delta[tokens]  # (K, d)
+    all_tokens = torch.arange(t_len, device=x.device)
 
     def project(z: Tensor, w: Tensor, b: Tensor) -> Tensor:
         return (z @ w.T + b).reshape(*z.shape[:-1], h, dh)
 
+    rope = None if row.rope is None else row.rope.to(x.device, x.dtype)
+
+    def rotate(t: Tensor, positions: Tensor | int) -> Tensor:
+        """RoPE of ``t`` ``(..., P, h, dh)`` at token ``positions`` ``(P,)`` (or one int)."""
+        if rope is None:
+            return t
+        from timm.layers import apply_rot_embed_cat
+
+        emb = rope[positions]
+        emb = emb[None] if emb.ndim == 1 else emb
+        return apply_rot_embed_cat(t, emb[:, None, :], half=row.rope_half).type_as(t)
+
+    def keys_of(z: Tensor, positions: Tensor) -> Tensor:
+        return rotate(row.k_norm(project(z, row.wk, row.bk)), positions)
+
     def pooled_embedding(xq: Tensor, xp: Tensor, keys: Tensor, values: Tensor) -> Tensor:
         """Embeddings ``(n, K, D)`` when token k gets input ``xp[:, k]`` and the pooled
         token ``xq[:, k]``; keys/values ``(n, h, T, dh)`` of the unchanged tokens."""
-        q = project(row.ln1(xq), row.wq, row.bq)  # (n, K, h, dh)
+        q = rotate(row.q_norm(project(row.ln1(xq), row.wq, row.bq)), pooled)  # (n, K, h, dh)
         zp = row.ln1(xp)
-        kp = project(zp, row.wk, row.bk)
+        kp = keys_of(zp, tokens)
         vp = project(zp, row.wv, row.bv)
         logits = torch.einsum("nkhc,nhtc->nkht", q, keys) * row.scale + mask
         own = ((q * kp).sum(-1) * row.scale)[..., None]  # (n, K, h, 1)
@@ -256,7 +275,7 @@ def integrate_pooled(
         v_old = values[:, :, tokens].transpose(1, 2)  # (n, K, h, dh)
         a_p = (attn * onehot[None, :, None, :].to(attn.dtype)).sum(-1)  # (n, K, h)
         o = torch.einsum("nkht,nhtc->nkhc", attn, values) + a_p[..., None] * (vp - v_old)
-        r = xq + row.ls1(o.reshape(*o.shape[:2], d) @ row.wo.T + row.bo)
+        r = xq + row.ls1(row.attn_norm(o.reshape(*o.shape[:2], d)) @ row.wo.T + row.bo)
         r = r + row.ls2(row.mlp(row.ln2(r)))
         emb = row.head(r)
         return emb / emb.norm(dim=-1, keepdim=True) if normalize else emb
@@ -267,7 +286,7 @@ def integrate_pooled(
         n = a.numel()
         xa = x0 + a[:, None, None] * delta  # (n, T, d)
         z = row.ln1(xa)
-        keys = project(z, row.wk, row.bk).transpose(1, 2)  # (n, h, T, dh)
+        keys = keys_of(z, all_tokens).transpose(1, 2)  # (n, h, T, dh)
         values = project(z, row.wv, row.bv).transpose(1, 2)
         xq = xa[:, pooled][:, None].expand(n, n_tok, d).contiguous()
         _, out = jvp(

@@ -34,6 +34,11 @@ class MaskCLIP(PatchMapAttribution):
     implementation, which keeps the residual and the MLP; ``residual=False, mlp=False``
     gives the pure value-embedding variant (as in ClearCLIP). No gradients are computed.
 
+    Towers with an attention pooler (SigLIP MAP, CoCa) map ``z_i`` with their per-token
+    head, the pooler applied to ``z_i`` alone: one key gets attention weight 1, so this is
+    the pooler's value path too -- the last block *and* the pooler with their attention
+    replaced by the identity. Average-pooled towers use ``fc_norm`` and the head.
+
     Args:
         forward_func: A :class:`~captum_clip.models.ClipClassifier` or
             :class:`~captum_clip.models.ClipSimilarity` (its ``text_embeddings`` are the

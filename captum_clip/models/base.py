@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captum_clip.models.blocks import BlockStack, BlockView
+from captum_clip.models.blocks import BlockStack, BlockTrace, BlockView, RowPath, row_path
 
 __all__ = ["TextTower", "VisionTower", "ViTTower", "check_index"]
 
@@ -193,6 +193,26 @@ class ViTTower(VisionTower):
         x = self.hidden_state(images, self.block_index(layer) + 1)
         h, w = self.grid_size
         return x[:, self.n_prefix :].reshape(x.shape[0], h, w, x.shape[-1])
+
+    @property
+    def pool_prefix(self) -> int:
+        """How many prefix tokens an attention pooler reads before the patches."""
+        return self.n_prefix
+
+    def row_path(self, head: Any = None) -> RowPath | None:
+        """The last block and ``head`` (default :meth:`token_head`) as the interactions'
+        fast-route :class:`~captum_clip.models.blocks.RowPath`; None where its maths does
+        not apply (the forward route is used then). Towers with RoPE override it."""
+        return row_path(self.blocks[-1], self.token_head if head is None else head)
+
+    def trace_pool(self, hooks: Any) -> dict[str, BlockTrace]:
+        """Recompute the attention pooler keeping its probabilities until ``hooks`` exits:
+        the returned dict gets a :class:`~captum_clip.models.blocks.BlockTrace` under
+        ``"pool"`` at the next forward (towers with ``pool_type == "attn"``)."""
+        raise ValueError(
+            f"{type(self).__name__} pools with {self.pool_type!r}; only towers with an "
+            "attention pooler (pool_type 'attn') have a pooler to trace"
+        )
 
     def check_hidden(self, hidden: Tensor) -> None:
         """The ``hidden`` argument of :meth:`hide_patches`: ``(B, n_patches)`` bool."""

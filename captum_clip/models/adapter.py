@@ -111,7 +111,8 @@ def resolve_tower(
             ``CLIPModel``, or an open_clip visual module (``VisionTransformer`` or
             ``ModifiedResNet``).
         vit: Require a ViT tower whose blocks :class:`~captum_clip.models.blocks.BlockView`
-            can open (open_clip or Hugging Face CLIP).
+            can open (open_clip, Hugging Face CLIP, timm ViT / EVA) and whose pooling is
+            known (class token, average, attention pooler).
         need_cls: Require a tower that pools the class token (implies ``vit``).
 
     Raises:
@@ -155,8 +156,12 @@ def resolve_tower(
             )
         for i in range(tower.n_blocks):
             tower.block_view(i)  # raises for unsupported block layouts
-        if tower.pool_type == "attn":
-            raise ValueError("vision towers with an attention pooler (CoCa) are not supported")
+        if tower.pool_type == "unknown":
+            raise ValueError(
+                f"the vision tower {type(tower.module).__name__} pools in a way this method "
+                "cannot read; class-token, average and attention pooling (CoCa, SigLIP MAP) "
+                "are supported"
+            )
     if need_cls and tower.pool_type != "tok":
         raise ValueError(
             "this method reads the class token; the vision tower pools with "

@@ -80,13 +80,13 @@ class ClipAdapter:
         """Unnormalised image embeddings ``(B, D)``."""
         if self.is_hf:
             return self.vision(images)
-        return self.model.encode_image(images)
+        return self.model.encode_image(images, normalize=False)  # CoCa normalises by default
 
     def encode_text(self, ids: Tensor) -> Tensor:
         """Unnormalised text embeddings ``(N, D)``."""
         if self.is_hf:
             return self.text.from_hidden(self.text.embed(ids), ids, 0)
-        return self.model.encode_text(ids)
+        return self.model.encode_text(ids, normalize=False)
 
     @property
     def logit_scale(self) -> Tensor:

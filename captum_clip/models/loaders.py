@@ -158,14 +158,74 @@ def load_testbed_variant(
     return LoadedClip(model, preprocess, tokenizer or tok, "testbed", variant)
 
 
-def load_hf(path: str, device: str | torch.device, tokenizer: Callable | None = None) -> LoadedClip:
+def load_hf(
+    path: str, device: str | torch.device, tokenizer: Callable | str | None = None
+) -> LoadedClip:
+    """A Hugging Face ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model`` (read from the
+    folder's ``config.json`` ``model_type``) with its preprocess and tokenizer.
+
+    Args:
+        path: A local folder saved with ``save_pretrained`` or a cached hub id.
+        device: Where to put the model.
+        tokenizer: ``None`` (the folder's own tokenizer), a callable ``texts -> (N, S)`` ids,
+            or a folder with a saved Hugging Face tokenizer (padded to the text context).
+
+    Raises:
+        ModelLoadError: transformers missing, an unreadable folder / uncached hub id, a
+            model type other than CLIP / SigLIP / SigLIP 2, or no tokenizer (with advice).
+    """
     try:
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import AutoConfig
     except ImportError as err:
         raise ModelLoadError(
             "Hugging Face models need transformers: pip install 'captum-clip[hf]'"
         ) from err
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except Exception as err:
+        raise ModelLoadError(
+            f"could not load the Hugging Face config of {path!r}: {err}. Pass a local "
+            "folder saved with save_pretrained, or go online once to cache the hub id."
+        ) from err
+    if model_type == "clip":
+        return _load_hf_clip(path, device, tokenizer)
+    if model_type in ("siglip", "siglip2"):
+        return _load_hf_siglip(path, device, tokenizer)
+    raise ModelLoadError(
+        f"{path!r} holds a Hugging Face {model_type!r} model; supported: CLIPModel ('clip'), "
+        "SiglipModel ('siglip') and Siglip2Model ('siglip2')"
+    )
+
+
+def _hf_text_tokenizer(
+    path: str, tokenizer: Callable | str | None, own: object | None, context_length: int
+) -> Callable:
+    """The user's callable, a tokenizer folder, or the model folder's own tokenizer, as
+    ``texts -> LongTensor (N, context_length)``."""
     from captum_clip.models.hf_clip import HFTokenizer
+
+    if callable(tokenizer):
+        return tokenizer
+    if tokenizer is not None or own is None:
+        from transformers import AutoTokenizer
+
+        source = path if tokenizer is None else os.fspath(tokenizer)
+        try:
+            own = AutoTokenizer.from_pretrained(source)
+        except Exception as err:
+            raise ModelLoadError(
+                f"could not load a Hugging Face tokenizer from {source!r}: {err}. Pass "
+                "load_clip(..., tokenizer='folder/') with a tokenizer saved by "
+                "save_pretrained (CLI: --tokenizer folder/), or a callable texts -> "
+                "LongTensor (N, S)."
+            ) from err
+    return HFTokenizer(own, context_length)
+
+
+def _load_hf_clip(
+    path: str, device: str | torch.device, tokenizer: Callable | str | None
+) -> LoadedClip:
+    from transformers import CLIPModel, CLIPProcessor
 
     try:
         model = CLIPModel.from_pretrained(path)
@@ -180,9 +240,44 @@ def load_hf(path: str, device: str | torch.device, tokenizer: Callable | None = 
     def preprocess(image: Any) -> Tensor:
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-    tok = tokenizer or HFTokenizer(
-        processor.tokenizer, model.config.text_config.max_position_embeddings
+    context = model.config.text_config.max_position_embeddings
+    tok = _hf_text_tokenizer(path, tokenizer, processor.tokenizer, context)
+    return LoadedClip(model.to(device).eval(), preprocess, tok, "hf:" + path)
+
+
+def _load_hf_siglip(
+    path: str, device: str | torch.device, tokenizer: Callable | str | None
+) -> LoadedClip:
+    """SigLIP / SigLIP 2: the model through ``AutoModel``; images resized to the tower's
+    fixed grid and normalised with the folder's image-processor mean / std (SigLIP's 0.5 /
+    0.5 when none is saved); ids padded to ``max_length`` as SigLIP was trained."""
+    from torchvision import transforms as T
+    from transformers import AutoModel
+
+    from captum_clip.models.hf_siglip import HFSiglipVision
+
+    try:
+        model = AutoModel.from_pretrained(path)
+    except Exception as err:
+        raise ModelLoadError(f"could not load Hugging Face SigLIP {path!r}: {err}") from err
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(path)
+        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+    except Exception:  # no preprocessor_config.json: SigLIP's defaults
+        pass
+    size = HFSiglipVision(model).image_size
+    preprocess = T.Compose(
+        [
+            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
     )
+    context = model.config.text_config.max_position_embeddings
+    tok = _hf_text_tokenizer(path, tokenizer, None, context)
     return LoadedClip(model.to(device).eval(), preprocess, tok, "hf:" + path)
 
 

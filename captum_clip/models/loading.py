@@ -33,7 +33,8 @@ def load_clip(
     Args:
         name: An open_clip architecture (``"ViT-B-32"``, ``"RN50"``, see
             ``open_clip.list_models()``), ``"testbed"`` for the bundled shapes-testbed
-            models, ``"hf:<folder or hub id>"`` for a Hugging Face ``CLIPModel``, or a
+            models, ``"hf:<folder or hub id>"`` for a Hugging Face ``CLIPModel``,
+            ``SiglipModel`` or ``Siglip2Model`` (read from the folder's ``model_type``), or a
             whole model spec such as ``"ViT-B-32:openai"``, ``"ViT-B-32:/path/ckpt.pt"`` or
             ``"testbed:shortcut"`` (grammar: :mod:`captum_clip.models.spec`).
         pretrained: An open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``...).
@@ -42,9 +43,11 @@ def load_clip(
             for the architecture ``name`` (or a testbed variant); nothing is downloaded.
         device: Where to put the model.
         variant: Testbed zoo variant (``name="testbed"`` only), e.g. ``"shortcut"``.
-        tokenizer: Your own tokenizer (``texts -> LongTensor (N, S)``, or a Hugging Face
-            tokenizer) instead of the model's default one. SigLIP-family tokenizers are
-            downloaded from the Hugging Face hub on first use; offline, pass a local one here.
+        tokenizer: Your own tokenizer instead of the model's: a callable
+            ``texts -> LongTensor (N, S)``, or a folder with a saved Hugging Face tokenizer
+            (open_clip architectures and ``hf:`` folders). open_clip's SigLIP-family
+            tokenizers download from the Hugging Face hub on first use; offline, pass a
+            local one here (without one, loading fails in seconds with this advice).
 
     Returns:
         :class:`LoadedClip` (unpacks as ``model, preprocess, tokenizer``), model in eval mode.

@@ -328,9 +328,9 @@ def test_bad_input(tiny_ii, kwargs, error, match):
         tiny_ii.attribute(**args)
 
 
-def test_resnet_rejected():
-    with pytest.raises(TypeError, match="ViT"):
-        IntegratedInteractions(make_tiny_resnet(), tiny_tokenizer())
+def test_resnet_reads_pixel_patches_on_its_grid():
+    ii = IntegratedInteractions(make_tiny_resnet(), tiny_tokenizer())  # 64 px, stride 32
+    assert ii.patch_grid == (2, 2)
 
 
 def test_model_restored_after_exception():

@@ -1,4 +1,4 @@
-"""The shared scaffold of the ViT patch-map attributions (GradCAM, rollout, Grad-ECLIP, MaskCLIP).
+"""The shared scaffold of the patch-map attributions (GradCAM, rollout, Grad-ECLIP, MaskCLIP).
 
 :class:`PatchMapAttribution` owns everything but the maths: the tower (through
 :func:`captum_clip.models.resolve_tower`), the checks of ``inputs``, ``target`` and
@@ -6,6 +6,8 @@
 model (hooks, patched forwards, modes, ``requires_grad``) on any exit, and the upsampling
 of the ``(B, h, w)`` patch maps to the inputs' shape. A method is a constructor plus
 :meth:`PatchMapAttribution._patch_maps`; a new one is one file and one test file.
+Attention methods (rollout, Grad-ECLIP, MaskCLIP) refuse towers without attention with
+one message (:func:`refuse_without_attention`); GradCAM reads any feature grid.
 """
 
 from __future__ import annotations
@@ -24,10 +26,39 @@ from captum_clip._validate import check_batch_size, check_images, check_target
 from captum_clip.models.adapter import resolve_tower
 from captum_clip.models.base import VisionTower
 from captum_clip.models.blocks import BlockTrace, trace_blocks
+from captum_clip.models.conv import grid_tower
 
-__all__ = ["PatchMapAttribution", "split_batches", "slice_args", "to_input_shape", "traced_scores"]
+__all__ = [
+    "PatchMapAttribution",
+    "refuse_without_attention",
+    "slice_args",
+    "split_batches",
+    "to_input_shape",
+    "traced_scores",
+]
 
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
+
+NO_ATTENTION_ALTERNATIVES = (
+    "CCI(clf) (pixel masking on the tower's feature grid), vit_gradcam(clf) (GradCAM on the "
+    "last stage), IntegratedInteractions(model, tokenizer) (at the input pixels), "
+    "diagnose(..., method='region_ablation') and the deletion / insertion metrics"
+)
+"""What works on a vision tower without attention (named by the refusals)."""
+
+
+def refuse_without_attention(method: str, tower: VisionTower) -> None:
+    """The one refusal of an attention-only method on a tower that is not a ViT.
+
+    Raises:
+        ValueError: ``tower`` is not a ViT (its message names what works instead).
+    """
+    if not tower.is_vit:
+        raise ValueError(
+            f"{method} reads the attention of a ViT vision tower; "
+            f"{type(tower.module).__name__} has none (it is not a ViT). What works on it: "
+            f"{NO_ATTENTION_ALTERNATIVES}"
+        )
 
 
 def split_batches(batch: int, internal_batch_size: int | None) -> list[slice]:
@@ -97,7 +128,7 @@ def traced_scores(
 
 
 class PatchMapAttribution(Attribution):
-    """Base of the attributions that compute a map on a ViT's patch grid.
+    """Base of the attributions that compute a map on a vision tower's patch grid.
 
     Subclasses set the class attributes and implement :meth:`_patch_maps`.
 
@@ -109,6 +140,12 @@ class PatchMapAttribution(Attribution):
             when ``forward_func`` has no ``.vision``; see
             :func:`captum_clip.models.resolve_tower`.
         need_cls: The method reads the class token (the tower must pool it).
+        need_vit: The method reads attention (a ViT tower is required; others are refused
+            by :func:`refuse_without_attention`). False: any tower with a feature grid
+            (a ViT's patch tokens, a convolutional tower's last stage, or ``grid_layer``).
+        grid_layer: ``need_vit=False`` only: a module of the tower whose output is the
+            ``(B, C, h, w)`` grid (see :class:`~captum_clip.models.conv.LayerTower`);
+            ``channels_last``: it is ``(B, h, w, C)``.
 
     Attributes:
         tower: The vision tower adapter (see :func:`captum_clip.models.resolve_tower`).
@@ -126,12 +163,27 @@ class PatchMapAttribution(Attribution):
     desc: str = "attribution"
 
     def __init__(
-        self, forward_func: Callable, vision_model: Any = None, *, need_cls: bool = True
+        self,
+        forward_func: Callable,
+        vision_model: Any = None,
+        *,
+        need_cls: bool = True,
+        need_vit: bool = True,
+        grid_layer: nn.Module | None = None,
+        channels_last: bool = False,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        self.tower = resolve_tower(forward_func, vision_model, vit=True, need_cls=need_cls)
+        tower = resolve_tower(forward_func, vision_model)
+        if need_vit:
+            if grid_layer is not None:
+                raise TypeError(f"{type(self).__name__} reads attention and takes no grid_layer")
+            refuse_without_attention(type(self).__name__, tower)
+            tower = resolve_tower(forward_func, vision_model, vit=True, need_cls=need_cls)
+        else:
+            tower = grid_tower(tower, grid_layer, channels_last)
+        self.tower = tower
 
     def n_outputs(self) -> int | None:
         """Outputs per example when known before a forward pass (for the target check)."""

@@ -4,6 +4,11 @@ A :class:`TokenEncoder` turns inputs into token hidden states at a layer and hid
 back into an embedding. The CLIP text and image towers (open_clip and Hugging Face) are
 wrapped here; a custom model (e.g. a toy bilinear dual encoder in a test) subclasses
 :class:`TokenEncoder` and goes through exactly the same interaction code.
+
+Two image sides: :class:`ClipImageEncoder` (a ViT: tokens are ``[prefix, patches]`` at a
+block) and :class:`PixelPatchEncoder` (any differentiable image tower, convolutional ones
+by default: tokens are the input pixels cut into patches -- the cells of the tower's grid,
+e.g. 32x32 pixels on RN50 -- and the path is the straight line from the baseline image).
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ from captum_clip._validate import check_images
 from captum_clip.models.blocks import RowPath, row_path
 from captum_clip.models.heads import check_context_length, token_strings, tokenize
 
-__all__ = ["TokenEncoder", "ClipImageEncoder", "ClipTextEncoder", "layer_to_index"]
+__all__ = [
+    "ClipImageEncoder",
+    "ClipTextEncoder",
+    "PixelPatchEncoder",
+    "TokenEncoder",
+    "layer_to_index",
+]
 
 Pooled = tuple[RowPath, Tensor, Tensor]
 
@@ -46,6 +57,10 @@ class TokenEncoder:
     """
 
     n_blocks: int = 0
+
+    def layer_index(self, layer: int, name: str) -> int:
+        """The user's ``layer`` as a hidden-state index (see :func:`layer_to_index`)."""
+        return layer_to_index(layer, self.n_blocks, name)
 
     def prepare(self, inputs: Any) -> Tensor:
         """Validate / convert user inputs to a batch tensor."""
@@ -110,7 +125,8 @@ def _user_baseline(inputs: Tensor, spec: Any) -> Tensor:
 
 
 class ClipImageEncoder(TokenEncoder):
-    """The image tower of a CLIP ViT (open_clip or HF): tokens are ``[CLS, patches]``."""
+    """The image tower of a CLIP ViT: tokens are ``n_prefix`` prefix tokens (class token,
+    registers; none for SigLIP), then the patches."""
 
     def __init__(self, tower: Any) -> None:
         if not getattr(tower, "is_vit", False):
@@ -125,17 +141,7 @@ class ClipImageEncoder(TokenEncoder):
         return check_images(inputs, self.tower.image_size, dtype=self.tower.dtype)
 
     def baseline(self, inputs: Tensor, spec: Any) -> Tensor:
-        if isinstance(spec, str):
-            if spec != "blur":
-                raise ValueError(
-                    f"image_baseline must be None, 'blur', a tensor or a callable, got {spec!r}"
-                )
-            from torchvision.transforms.functional import gaussian_blur
-
-            sigma = max(inputs.shape[-2:]) / 16.0
-            k = 2 * int(3 * sigma) + 1
-            return gaussian_blur(inputs, [k, k], [sigma, sigma])
-        return super().baseline(inputs, spec)
+        return image_baseline(inputs, spec)
 
     def hidden(self, inputs: Tensor, index: int) -> Tensor:
         return self.tower.hidden_state(inputs, index)
@@ -151,7 +157,7 @@ class ClipImageEncoder(TokenEncoder):
         tower = self.tower
         if index != self.n_blocks - 1 or tower.pool_type != "tok":
             return None
-        row = row_path(tower.blocks[-1], tower.token_head)
+        row = tower.row_path()  # RoPE towers (EVA-02) add their rotation table
         if row is None:
             return None
         b = inputs.shape[0]
@@ -159,7 +165,97 @@ class ClipImageEncoder(TokenEncoder):
         return row, torch.zeros(b, dtype=torch.long, device=inputs.device), allowed
 
     def labels(self, inputs: Tensor) -> list[list[str]]:
-        names = ["CLS"] + [f"patch {i}" for i in range(self.tower.n_patches)]
+        """``n_prefix`` prefix names (the class token first, as timm and open_clip order them,
+        then registers ``reg i``; none for SigLIP), then ``patch i``."""
+        prefix = ["CLS"] + [f"reg {i}" for i in range(1, self.tower.n_prefix)]
+        names = prefix[: self.tower.n_prefix] + [f"patch {i}" for i in range(self.tower.n_patches)]
+        return [list(names) for _ in range(inputs.shape[0])]
+
+
+def image_baseline(inputs: Tensor, spec: Any) -> Tensor:
+    """Reference images: None (zeros: the dataset mean in normalised space), ``"blur"``, a
+    tensor or a callable."""
+    if isinstance(spec, str):
+        if spec != "blur":
+            raise ValueError(
+                f"image_baseline must be None, 'blur', a tensor or a callable, got {spec!r}"
+            )
+        from torchvision.transforms.functional import gaussian_blur
+
+        sigma = max(inputs.shape[-2:]) / 16.0
+        k = 2 * int(3 * sigma) + 1
+        return gaussian_blur(inputs, [k, k], [sigma, sigma])
+    return torch.zeros_like(inputs) if spec is None else _user_baseline(inputs, spec)
+
+
+class PixelPatchEncoder(TokenEncoder):
+    """An image tower attributed at its input pixels; tokens are non-overlapping patches.
+
+    The hidden state of an image ``(B, C, H, W)`` is ``(B, h * w, C * ph * pw)``: patch
+    ``(i, j)`` (row-major) holds the pixels ``[i*ph:(i+1)*ph, j*pw:(j+1)*pw]``. It is a
+    rearrangement of the pixels, so the integration path (straight in this space) is the
+    straight path from the baseline image, and completeness holds for any differentiable
+    tower: nothing about the tower's internals is used.
+
+    Args:
+        encode: ``images (n, C, H, W) -> (n, D)`` unnormalised embeddings.
+        image_size: ``(H, W)`` the tower takes.
+        patch: ``(ph, pw)`` pixels per patch; must divide ``image_size``.
+        dtype: The tower's floating dtype (images are cast to it).
+    """
+
+    def __init__(
+        self,
+        encode: Callable[[Tensor], Tensor],
+        image_size: tuple[int, int],
+        patch: int | tuple[int, int],
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (ph, pw)):
+            raise ValueError(f"the pixel patch must be a positive int or (h, w), got {patch!r}")
+        height, width = int(image_size[0]), int(image_size[1])
+        if height % ph or width % pw:
+            raise ValueError(
+                f"pixel patches of {ph}x{pw} do not tile the {height}x{width} image; pass "
+                "image_patch_size= with a divisor of the image size"
+            )
+        self.encode, self.dtype = encode, dtype
+        self.image_size, self.patch = (height, width), (ph, pw)
+        self.grid = (height // ph, width // pw)
+
+    def layer_index(self, layer: int, name: str) -> int:
+        if isinstance(layer, bool) or layer not in (0, -1):
+            raise ValueError(
+                f"this image tower is attributed at its input pixels (pixel patches, no "
+                f"blocks): {name} must be 0 or -1 (both mean the pixels), got {layer!r}"
+            )
+        return 0
+
+    def prepare(self, inputs: Any) -> Tensor:
+        return check_images(inputs, self.image_size, dtype=self.dtype)
+
+    def baseline(self, inputs: Tensor, spec: Any) -> Tensor:
+        return image_baseline(inputs, spec)
+
+    def hidden(self, inputs: Tensor, index: int) -> Tensor:
+        b, c = inputs.shape[:2]
+        (h, w), (ph, pw) = self.grid, self.patch
+        x = inputs.reshape(b, c, h, ph, w, pw).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, h * w, c * ph * pw)
+
+    def images(self, x: Tensor) -> Tensor:
+        """The inverse of :meth:`hidden`: ``(n, h * w, C * ph * pw)`` -> ``(n, C, H, W)``."""
+        (h, w), (ph, pw) = self.grid, self.patch
+        n, c = x.shape[0], x.shape[-1] // (ph * pw)
+        x = x.reshape(n, h, w, c, ph, pw).permute(0, 3, 1, 4, 2, 5)
+        return x.reshape(n, c, h * ph, w * pw)
+
+    def from_hidden(self, x: Tensor, inputs: Tensor, index: int) -> Tensor:
+        return self.encode(self.images(x))
+
+    def labels(self, inputs: Tensor) -> list[list[str]]:
+        names = [f"patch {i}" for i in range(self.grid[0] * self.grid[1])]
         return [list(names) for _ in range(inputs.shape[0])]
 
 
@@ -239,8 +335,7 @@ class ClipTextEncoder(TokenEncoder):
                 )
             return self._check_vocab(_user_baseline(inputs, raw), "text_baseline").long()
         ref = inputs.clone()
-        pool = self.tower.pool_index(inputs)
-        for b, c in enumerate(pool.tolist()):
+        for b, c in enumerate(self._text_end(inputs).tolist()):
             if c >= 2:
                 ref[b, 1:c] = self.pad_id()
         return ref
@@ -250,6 +345,17 @@ class ClipTextEncoder(TokenEncoder):
 
     def from_hidden(self, x: Tensor, inputs: Tensor, index: int) -> Tensor:
         return self.tower.from_hidden(x, inputs.expand(x.shape[0], -1), index)
+
+    def _text_end(self, inputs: Tensor) -> Tensor:
+        """End-of-text position ``(B,)``: the pooled position, or, where the pooled token is
+        appended after the ids (CoCa's class token), the last non-padding id."""
+        pool = self.tower.pool_index(inputs)
+        s = inputs.shape[1]
+        if bool((pool < s).all()):
+            return pool
+        pos = torch.arange(s, device=inputs.device)
+        last = ((inputs != self.pad_id()).long() * pos).argmax(dim=-1)
+        return torch.where(pool < s, pool, last)
 
     def _allowed(self, inputs: Tensor) -> Tensor | None:
         """Keys the pooled token reads (causal row), or None for a padding-masked tower."""
@@ -262,8 +368,9 @@ class ClipTextEncoder(TokenEncoder):
 
     def active(self, inputs: Tensor, index: int) -> Tensor:
         allowed = self._allowed(inputs)
-        if allowed is None:
-            return torch.ones(inputs.shape, dtype=torch.bool, device=inputs.device)
+        if allowed is None:  # per-example mask: every token it covers (CoCa: S + 1)
+            n = self.tower.attention_mask(inputs, torch.float32).shape[-1]
+            return torch.ones(inputs.shape[0], n, dtype=torch.bool, device=inputs.device)
         return allowed
 
     def pooled(self, inputs: Tensor, index: int) -> Pooled | None:
@@ -278,8 +385,10 @@ class ClipTextEncoder(TokenEncoder):
 
     def labels(self, inputs: Tensor) -> list[list[str]]:
         out = []
-        pool = self.tower.pool_index(inputs)
-        for row, c in zip(inputs.tolist(), pool.tolist()):
+        end = self._text_end(inputs)
+        # tokens the tower appends after the ids (CoCa's class token) are labelled "<cls>"
+        appended = max(int(self.tower.pool_index(inputs).max()) + 1 - inputs.shape[1], 0)
+        for row, c in zip(inputs.tolist(), end.tolist()):
             s = len(row)
             names = None
             if self.tokenizer is not None:
@@ -289,7 +398,7 @@ class ClipTextEncoder(TokenEncoder):
                     names = None
             if names is None or len(names) != c + 1:
                 names = [str(i) for i in row[: c + 1]]
-            out.append(list(names) + [""] * (s - c - 1))
+            out.append(list(names) + [""] * (s - c - 1) + ["<cls>"] * appended)
         return out
 
 

@@ -24,14 +24,23 @@ permutation sample (each permutation's marginal contributions telescope).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["ESTIMATORS", "MAX_EXACT_K", "CoalitionPlan", "estimate", "plan"]
+__all__ = [
+    "ESTIMATORS",
+    "MAX_EXACT_K",
+    "CoalitionPlan",
+    "check_n_clusters",
+    "estimate",
+    "normalize_values",
+    "plan",
+]
 
 ESTIMATORS = ("occlusion", "sufficiency", "shapley", "banzhaf", "sampled_shapley")
 #: Largest K of the exact estimators (2^10 = 1024 rows per image).
@@ -220,3 +229,25 @@ def estimate(
             f"{tuple(values.shape)}"
         )
     return p.combine(values.double())
+
+
+def check_n_clusters(n_clusters: Any) -> tuple[int, ...]:
+    """K (an int >= 1) or a sequence of K, as a tuple (CCI's ``n_clusters``)."""
+    ks = (n_clusters,) if not isinstance(n_clusters, Sequence) else tuple(n_clusters)
+    if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(
+            f"n_clusters must be an int >= 1 or a sequence of them, got {n_clusters!r}"
+        )
+    return ks
+
+
+def normalize_values(values: Tensor, normalize: str | None) -> Tensor:
+    """Region weights ``(B, K)`` from values: ``"abs"`` (``v / sum|v|``), ``"sum"``
+    (``v / sum v``) or None (unchanged). NaN (padding) is skipped in the sums, and a zero
+    denominator gives zero weights."""
+    if normalize is None:
+        return values
+    v0 = torch.nan_to_num(values, nan=0.0)
+    denom = v0.abs().sum(1, keepdim=True) if normalize == "abs" else v0.sum(1, keepdim=True)
+    safe = torch.where(denom == 0, torch.ones_like(denom), denom)
+    return torch.where(denom == 0, v0 * 0, values / safe)

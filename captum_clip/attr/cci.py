@@ -1,10 +1,12 @@
 """Cluster-based Concept Importance (CCI): hide whole regions of patch tokens, not pixels.
 
-The vision tower's own patch tokens (at block ``layer``) are clustered with k-means in
-cosine geometry (batched over the images, on their device: :mod:`._kmeans`); every cluster
-is then hidden from the model -- from every attention layer (``mask_mode="attention"``,
-ViTs; no pixel changes) or by replacing its pixels with a baseline (``mask_mode="pixel"``,
-any model) -- and the drop of the target score ``Δs_k = s - s_k`` becomes the weight of the
+The vision tower's own patch features (the tokens of block ``layer`` on a ViT, the feature
+map of stage ``layer`` on a convolutional tower, or the output of a module the user names
+with ``grid_layer=``) are clustered with k-means in cosine geometry (batched over the
+images, on their device: :mod:`._kmeans`); every cluster is then hidden from the model --
+from every attention layer (``mask_mode="attention"``, ViTs; no pixel changes) or by
+replacing its pixels with a baseline (``mask_mode="pixel"``, any model; a grid cell covers
+its share of the image, nearest-neighbour) -- and the drop of the target score ``Δs_k = s - s_k`` becomes the weight of the
 region. All masked variants of a batch run as one (chunked) batched forward
 (:mod:`._region_scores`). See ``docs/cci.md``.
 
@@ -12,6 +14,7 @@ Example:
     >>> clf = ClipClassifier(model, tokenizer, ["cat", "dog"])
     >>> attr = CCI(clf).attribute(images, target=0)          # (B, 3, H, W)
     >>> attr, res = CCI(clf).attribute(images, target=0, return_clusters=True)
+    >>> CCI(clf, grid_layer=model.visual.trunk.stages[-1])   # any tower: name its grid
 """
 
 from __future__ import annotations
@@ -33,28 +36,21 @@ from captum_clip.attr._cci_result import CCIResult
 from captum_clip.attr._kmeans import batched_kmeans, sklearn_labels
 from captum_clip.attr._region_games import game_values, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
+from captum_clip.attr._regions import check_n_clusters, normalize_values
 from captum_clip.metrics._common import expand_args, make_baseline
 from captum_clip.models.adapter import resolve_tower
+from captum_clip.models.conv import grid_tower
 
 resolve_vision = resolve_tower  # former name; see captum_clip.models.resolve_tower
 
 __all__ = ["CCI", "CCIResult", "ClusterConceptImportance", "resolve_vision"]
 
-MASK_MODES = ("attention", "pixel")
+MASK_MODES = ("auto", "attention", "pixel")
 NORMALIZATIONS = ("abs", "sum", None)
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 SCORES = ("logit", "prob")
 DEFAULT_N_CLUSTERS = 7
 """K of :meth:`CCI.default_for`, the CCI that ``diagnose``, COVAR and the CLI use."""
-
-
-def _check_n_clusters(n_clusters: Any) -> tuple[int, ...]:
-    ks = (n_clusters,) if not isinstance(n_clusters, Sequence) else tuple(n_clusters)
-    if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(
-            f"n_clusters must be an int >= 1 or a sequence of them, got {n_clusters!r}"
-        )
-    return ks
 
 
 class CCI(PerturbationAttribution):
@@ -65,10 +61,13 @@ class CCI(PerturbationAttribution):
             ``images -> (B, n_outputs)`` (then pass ``vision_model``).
         vision_model: See :func:`captum_clip.models.resolve_tower`; needed when
             ``forward_func`` has no ``.vision``. The patch features are taken from this tower.
-        layer: Block whose output tokens are clustered (default the last).
+        layer: Block (ViT) or stage (convolutional tower) whose output is clustered
+            (default the last).
         n_clusters: K, or a sequence of K (multi-K ensemble: the maps are averaged).
-        mask_mode: ``"attention"`` (hide patch keys in every attention layer; ViTs) or
-            ``"pixel"`` (replace the cluster's pixels by ``baselines``; any model).
+        mask_mode: ``"auto"`` (default: ``"attention"`` on a ViT tower, ``"pixel"`` on any
+            other tower or with ``grid_layer``), ``"attention"`` (hide patch keys in every
+            attention layer; ViTs) or ``"pixel"`` (replace the cluster's pixels by
+            ``baselines``; any tower).
         normalize: ``"abs"`` (``Δ/Σ|Δ|``, default), ``"sum"`` (published ``Δ/ΣΔ``) or
             None (raw ``Δ``). A zero denominator gives zero weights.
         upsample: Patch map → pixels: ``"nearest"`` (exact region edges), ``"bilinear"``
@@ -86,6 +85,11 @@ class CCI(PerturbationAttribution):
             permutation sampling within ``budget``). All rows of all images run as one
             batched masked forward.
         budget: ``"sampled_shapley"`` only: masked forwards per image (>= K).
+        grid_layer: A module of the vision tower whose output is the ``(B, C, h, w)``
+            feature map to cluster (pixel mode), as Captum's ``LayerGradCam`` takes a
+            layer; needed for towers that are neither ViTs nor known convolutional towers
+            (hybrids such as ViTamin, a user's own encoder). ``layer`` must then be -1.
+        channels_last: ``grid_layer`` returns ``(B, h, w, C)``.
     """
 
     def __init__(
@@ -94,7 +98,7 @@ class CCI(PerturbationAttribution):
         vision_model: Any = None,
         layer: int = -1,
         n_clusters: int | Sequence[int] = DEFAULT_N_CLUSTERS,
-        mask_mode: str = "attention",
+        mask_mode: str = "auto",
         normalize: str | None = "abs",
         upsample: str = "nearest",
         clusterer: Any = None,
@@ -102,16 +106,28 @@ class CCI(PerturbationAttribution):
         score: str = "logit",
         estimator: str = "occlusion",
         budget: int | None = None,
+        grid_layer: nn.Module | None = None,
+        channels_last: bool = False,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        self.vision = resolve_tower(forward_func, vision_model)
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        if grid_layer is not None and mask_mode == "attention":
+            raise ValueError(
+                "grid_layer clusters a module's feature map and hides clusters by their "
+                "pixels; mask_mode='attention' hides the ViT's own tokens -- use "
+                "mask_mode='pixel' (or 'auto') with grid_layer, or drop grid_layer"
+            )
+        tower = resolve_tower(forward_func, vision_model)
+        self.vision = grid_tower(tower, grid_layer, channels_last)
+        if mask_mode == "auto":
+            mask_mode = "attention" if self.vision.is_vit else "pixel"
         self.layer = layer
         self.vision.block_index(layer)  # validates
-        self.n_clusters = _check_n_clusters(n_clusters)
+        self.n_clusters = check_n_clusters(n_clusters)
         for name, value, allowed in (
-            ("mask_mode", mask_mode, MASK_MODES),
             ("normalize", normalize, NORMALIZATIONS),
             ("upsample", upsample, UPSAMPLE_MODES),
             ("score", score, SCORES),
@@ -121,7 +137,7 @@ class CCI(PerturbationAttribution):
         if mask_mode == "attention" and not self.vision.is_vit:
             raise ValueError(
                 f"mask_mode='attention' needs a ViT vision tower; {type(self.vision.module).__name__}"
-                " is not one -- use mask_mode='pixel'"
+                " is not one -- use mask_mode='pixel' (the default mask_mode='auto' picks it)"
             )
         if self.vision.is_vit and max(self.n_clusters) > self.vision.n_patches:
             raise ValueError(
@@ -155,8 +171,8 @@ class CCI(PerturbationAttribution):
         CLI use).
 
         K is ``n_clusters`` capped at the number of cells of the tower's feature grid
-        (patches of a ViT); the masking is ``"attention"`` on a ViT tower and ``"pixel"``
-        otherwise (ResNet CLIPs).
+        (patches of a ViT, cells of a convolutional tower's last map); the masking is
+        ``mask_mode="auto"``: ``"attention"`` on a ViT tower, ``"pixel"`` otherwise.
 
         Args:
             forward_func: A ``ClipClassifier`` / ``ClipSimilarity`` (or any callable, with
@@ -164,13 +180,13 @@ class CCI(PerturbationAttribution):
             n_clusters: The requested K.
             **kwargs: Other arguments of :class:`CCI` (they override the defaults).
         """
-        vision = resolve_tower(forward_func, kwargs.get("vision_model"))
-        k = _check_n_clusters(n_clusters)[0]
+        tower = resolve_tower(forward_func, kwargs.get("vision_model"))
+        vision = grid_tower(tower, kwargs.get("grid_layer"), kwargs.get("channels_last", False))
+        k = check_n_clusters(n_clusters)[0]
         try:
             k = min(k, vision.n_patches)
-        except NotImplementedError:  # a tower without a known feature grid
+        except ValueError:  # a named grid layer of a tower without an image size
             pass
-        kwargs.setdefault("mask_mode", "attention" if vision.is_vit else "pixel")
         return cls(forward_func, n_clusters=k, **kwargs)
 
     @property
@@ -301,16 +317,6 @@ class CCI(PerturbationAttribution):
             **kw,
         )
 
-    def _weights(self, deltas: Tensor) -> Tensor:
-        if self.normalize is None:
-            return deltas
-        d0 = torch.nan_to_num(deltas, nan=0.0)
-        denom = (
-            d0.abs().sum(1, keepdim=True) if self.normalize == "abs" else d0.sum(1, keepdim=True)
-        )
-        safe = torch.where(denom == 0, torch.ones_like(denom), denom)
-        return torch.where(denom == 0, d0 * 0, deltas / safe)
-
     # ------------------------------------------------------------------ API
     @log_usage()
     def attribute(
@@ -393,7 +399,9 @@ class CCI(PerturbationAttribution):
         results = []
         maps = torch.zeros(inputs.shape[0], 1, *inputs.shape[-2:], device=inputs.device)
         for labels, s, v, k in zip(all_labels, scores, values, ks):
-            res = CCIResult(labels, s, self._weights(v), base, k, v, self.estimator)
+            res = CCIResult(
+                labels, s, normalize_values(v, self.normalize), base, k, v, self.estimator
+            )
             results.append(res)
             kw = {} if self.upsample == "nearest" else {"align_corners": False}
             patch = res.patch_map()[:, None].float()

@@ -1,4 +1,13 @@
-"""GradCAM on a ViT block, done right: Captum ``LayerGradCam`` on the patch-token grid.
+"""GradCAM on a vision tower's grid: a ViT block's patch tokens or a convolutional stage.
+
+Convolutional towers (open_clip ``ModifiedResNet``, timm ConvNeXt, FastViT / MobileCLIP)
+get GradCAM's original setting: the feature map of a stage (default the last one, the map
+the tower pools), channel weights = mean gradient over ``(h, w)``, map =
+``ReLU(Σ_c weights_c · A_c)``. Any other tower (a hybrid, a user's own encoder) works from
+a module the user names whose output is the ``(B, C, h, w)`` grid: ``grid_layer=``, as
+Captum's ``LayerGradCam`` takes a layer. ``vit_gradcam`` keeps its name for every tower.
+
+ViT towers:
 
 Captum's ``LayerGradCam`` averages gradients over every dimension after the channel
 dimension 1, which suits CNN maps ``(B, C, h, w)``. A ViT block outputs tokens
@@ -19,9 +28,10 @@ maps agree closely but not exactly (Pearson 0.857 on the trained testbed model, 
 random ViT-B-32).
 
 Example:
-    >>> gc = vit_gradcam(clf)                       # reusable object
+    >>> gc = vit_gradcam(clf)                       # reusable object (ViT or conv tower)
     >>> attr = gc.attribute(images, target=3)       # (B, 3, H, W)
     >>> attr = vit_gradcam(clf, images, target=3)   # one call
+    >>> gc = vit_gradcam(clf, grid_layer=model.visual.trunk.stages[1])  # a named layer
 """
 
 from __future__ import annotations
@@ -49,17 +59,22 @@ class _Grid(nn.Module):
 
 
 class ViTGradCam(PatchMapAttribution):
-    """GradCAM on the patch tokens of a ViT block (see module docstring).
+    """GradCAM on the patch tokens of a ViT block or on a stage's feature map (see module
+    docstring).
 
     Args:
         forward_func: ``ClipClassifier`` / ``ClipSimilarity`` or any callable (then pass
             ``vision_model``, see :func:`captum_clip.models.resolve_tower`).
-        layer: Block whose output is used; None (default): the second-to-last block for
-            CLS-pooled towers, the last one for average-pooled towers (see module docstring).
+        layer: Block (ViT) or stage (convolutional tower) whose output is used; None
+            (default): the second-to-last block for CLS-pooled ViTs, the last block for
+            average-pooled ViTs, the last stage for convolutional towers.
         vision_model: The vision tower, when ``forward_func`` has no ``.vision``.
         relu_attributions: Apply ReLU to the map (GradCAM's definition).
         interpolate_mode: Upsampling of the ``(h, w)`` map (``"bilinear"``, ``"nearest"``,
             ``"bicubic"``).
+        grid_layer: A module of the tower whose output is the ``(B, C, h, w)`` grid (any
+            tower; needed for towers that are neither ViTs nor known convolutional ones).
+        channels_last: ``grid_layer`` returns ``(B, h, w, C)``.
     """
 
     desc = "GradCAM"
@@ -71,10 +86,16 @@ class ViTGradCam(PatchMapAttribution):
         vision_model: Any = None,
         relu_attributions: bool = True,
         interpolate_mode: str = "bilinear",
+        grid_layer: nn.Module | None = None,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(forward_func, vision_model, need_cls=False)
+        super().__init__(
+            forward_func, vision_model, need_cls=False, need_vit=False, grid_layer=grid_layer,
+            channels_last=channels_last,
+        )  # fmt: skip
         self.vision = self.tower
-        pools_tokens = self.tower.pool_type == "avg"
+        # the last block's patch outputs reach the embedding unless only the class token is read
+        pools_tokens = self.tower.pool_type in ("avg", "attn") or not self.tower.is_vit
         if layer is None:
             layer = -1 if pools_tokens or self.tower.n_blocks < 2 else -2
         self.layer = self.tower.block_index(layer)
@@ -97,6 +118,9 @@ class ViTGradCam(PatchMapAttribution):
         rest = None
         if isinstance(out, tuple):
             out, rest = out[0], out[1:]
+        if not self.tower.is_vit:
+            grid = self._map_hook(out)
+            return grid if rest is None else (grid, *rest)
         batch_first = self.tower.batch_first
         x = out if batch_first else out.transpose(0, 1)
         b, length, d = x.shape
@@ -108,6 +132,19 @@ class ViTGradCam(PatchMapAttribution):
         x = torch.cat([x[:, :n], grid.reshape(b, d, h * w).transpose(1, 2)], dim=1)
         x = x if batch_first else x.transpose(0, 1)
         return x if rest is None else (x, *rest)
+
+    def _map_hook(self, out: Any) -> Tensor:
+        """A stage's ``(B, C, h, w)`` map (``(B, h, w, C)`` channels-last) through the
+        identity ``LayerGradCam`` reads, in the stage's own layout."""
+        if not isinstance(out, Tensor) or out.ndim != 4:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"GradCAM needs a (B, C, h, w) feature map from the grid layer "
+                f"{type(self.block).__name__}, got {got}"
+            )
+        last = getattr(self.tower, "channels_last", False)
+        grid = self._grid(out.permute(0, 3, 1, 2) if last else out)
+        return grid.permute(0, 2, 3, 1) if last else grid
 
     def _patch_maps(
         self, images: Tensor, target: Tensor | None, args: tuple, hooks: HookManager
@@ -155,14 +192,16 @@ def vit_gradcam(
     layer: int | None = None,
     **kwargs: Any,
 ) -> ViTGradCam | Tensor:
-    """GradCAM for ViT CLIPs: a :class:`ViTGradCam`, or its attributions if ``inputs`` given.
+    """GradCAM for CLIPs (ViT or convolutional towers, or a named ``grid_layer``): a
+    :class:`ViTGradCam`, or its attributions if ``inputs`` given.
 
     Args:
         forward_func: See :class:`ViTGradCam`.
         inputs: Optional images; when given, the attributions are returned directly.
         target: Output index (with ``inputs``).
         layer: Block index (None: see :class:`ViTGradCam`).
-        **kwargs: ``vision_model``, ``relu_attributions``, ``interpolate_mode``, and with
+        **kwargs: ``vision_model``, ``relu_attributions``, ``interpolate_mode``,
+            ``grid_layer``, ``channels_last``, and with
             ``inputs`` the arguments of :meth:`ViTGradCam.attribute`
             (``additional_forward_args``, ``internal_batch_size``, ``show_progress``).
     """

@@ -9,6 +9,12 @@ For a text hidden state ``x`` (``S x d_t``) and an image hidden state ``y``
 (Moeller et al., arXiv 2408.14153). ``u`` and ``v`` are computed exactly without any dense
 Jacobian (see :mod:`captum_clip.attr._interaction_paths`); ``A`` is their ``(S x D)(D x (1+P))``
 product. See ``docs/interactions.md``.
+
+The identity holds for any differentiable dual encoder: image towers without patch tokens
+(convolutional CLIPs: RN50, ConvNeXt, MobileCLIP) are attributed at the input pixels, cut
+into the cells of the tower's feature grid (:class:`~._interaction_sides.PixelPatchEncoder`;
+``A`` is then ``(B, S, P)``, no prefix column). ``image_patch_size=`` does the same on any
+tower with a chosen patch size.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ from captum_clip.attr._interaction_result import InteractionResult
 from captum_clip.attr._interaction_sides import (
     ClipImageEncoder,
     ClipTextEncoder,
+    PixelPatchEncoder,
     TokenEncoder,
-    layer_to_index,
     normalize_embedding,
 )
 
@@ -49,8 +55,14 @@ class IntegratedInteractions(GradientAttribution):
     """Second-order integrated interactions between caption tokens and image patches.
 
     Args:
-        model: An open_clip ``CLIP`` with a ViT image tower or a ``transformers.CLIPModel``.
+        model: An open_clip ``CLIP`` / ``CustomTextCLIP`` (ViT, ResNet, ConvNeXt, FastViT /
+            MobileCLIP image towers) or a ``transformers.CLIPModel``.
         tokenizer: Turns caption strings into ids (needed when ``texts`` are strings).
+        image_patch_size: Attribute the image at its input pixels, in patches of this many
+            pixels (an int or ``(h, w)`` dividing the image size). Default None: the ViT's
+            hidden states (``image_layer``) for a ViT tower; for any other tower the
+            pixels, in the cells of its feature grid (32x32 on RN50 / ConvNeXt /
+            MobileCLIP).
 
     Example:
         >>> ii = IntegratedInteractions(model, tokenizer)
@@ -58,15 +70,27 @@ class IntegratedInteractions(GradientAttribution):
         >>> result = ii.explain(images, ["a red circle"]); result.image_map("circle")
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Callable | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable | None = None,
+        image_patch_size: int | tuple[int, int] | None = None,
+    ) -> None:
         from captum_clip.models.adapter import ClipAdapter
 
         adapter = ClipAdapter(model)
         text = ClipTextEncoder(adapter.text, tokenizer)
-        image = ClipImageEncoder(adapter.vision)
-        self._setup(text, image, model)
-        self.patch_grid = tuple(adapter.vision.grid_size)
-        self.image_size = tuple(adapter.vision.image_size)
+        vision = adapter.vision
+        image: TokenEncoder
+        if image_patch_size is None and vision.is_vit:
+            image = ClipImageEncoder(vision)
+            self._setup(text, image, model)
+            self.patch_grid = tuple(vision.grid_size)
+        else:
+            image = _pixel_side(adapter, image_patch_size)
+            self._setup(text, image, model)
+            self.patch_grid = image.grid
+        self.image_size = tuple(vision.image_size)
 
     @classmethod
     def from_encoders(
@@ -140,6 +164,8 @@ class IntegratedInteractions(GradientAttribution):
             method: Captum rule: ``"gausslegendre"`` or ``"riemann_{left,right,middle,trapezoid}"``.
             text_layer, image_layer: Hidden-state index to attribute at: ``0`` embeddings,
                 ``i`` input of block ``i``, ``-1`` input of the last block (default).
+                An image side at the pixels (convolutional towers, ``image_patch_size``)
+                takes ``image_layer`` 0 or -1 (both: the pixels).
             text_baseline: None (``[SOT, PAD..., EOT]``, EOT kept in place), ids or a callable.
             image_baseline: None (zeros in normalised space), ``"blur"``, a tensor or callable.
             similarity: ``"cosine"`` (embeddings L2-normalised) or ``"dot"``.
@@ -224,8 +250,8 @@ class IntegratedInteractions(GradientAttribution):
             raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
         check_batch_size(internal_batch_size)
         te, ie = self.text_encoder, self.image_encoder
-        ti = layer_to_index(text_layer, te.n_blocks, "text_layer")
-        vi = layer_to_index(image_layer, ie.n_blocks, "image_layer")
+        ti = te.layer_index(text_layer, "text_layer")
+        vi = ie.layer_index(image_layer, "image_layer")
         ids = te.prepare(texts)
         imgs = ie.prepare(images)
         if ids.shape[0] != imgs.shape[0]:
@@ -272,6 +298,39 @@ class IntegratedInteractions(GradientAttribution):
             a, te.labels(ids), grid, score, delta, ref, self.image_size,
             n_prefix=a.shape[2] - grid[0] * grid[1],
         )  # fmt: skip
+
+
+def _pixel_side(adapter: Any, patch: int | tuple[int, int] | None) -> PixelPatchEncoder:
+    """The image side at the input pixels: patches of ``patch`` pixels, or the cells of the
+    tower's feature grid."""
+    vision = adapter.vision
+    try:
+        size = tuple(vision.image_size)
+    except NotImplementedError:  # a tower of unknown family: its module may say
+        size = getattr(vision.module, "image_size", None)
+        if size is None:
+            raise ValueError(
+                f"the image size of the vision tower {type(vision.module).__name__} is "
+                "unknown; integrated interactions at the pixels need it: set "
+                "model.visual.image_size = (H, W)"
+            ) from None
+        size = (size, size) if isinstance(size, int) else tuple(size)
+    if patch is None:
+        try:
+            h, w = vision.grid_size
+        except NotImplementedError:
+            raise ValueError(
+                f"the vision tower {type(vision.module).__name__} has no known feature grid; "
+                "pass image_patch_size= (pixels per patch, e.g. 32) to attribute it at the "
+                "pixels"
+            ) from None
+        if size[0] % h or size[1] % w:
+            raise ValueError(
+                f"the {h}x{w} feature grid does not tile the {size[0]}x{size[1]} image; pass "
+                "image_patch_size= with a divisor of the image size"
+            )
+        patch = (size[0] // h, size[1] // w)
+    return PixelPatchEncoder(adapter.encode_image, size, patch, vision.dtype)
 
 
 class _Side:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import sys
 import types
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any

@@ -54,9 +54,11 @@ def refuse_without_attention(method: str, tower: VisionTower) -> None:
         ValueError: ``tower`` is not a ViT (its message names what works instead).
     """
     if not tower.is_vit:
+        trunk = getattr(tower.module, "trunk", None)  # open_clip TimmModel: name the timm net
+        name = type(trunk if isinstance(trunk, nn.Module) else tower.module).__name__
         raise ValueError(
             f"{method} reads the attention of a ViT vision tower; "
-            f"{type(tower.module).__name__} has none (it is not a ViT). What works on it: "
+            f"{name} has none (it is not a ViT). What works on it: "
             f"{NO_ATTENTION_ALTERNATIVES}"
         )
 

@@ -191,3 +191,40 @@ def test_old_flags_are_aliases(work, tmp_path, capsys):
     assert "RANDOM WEIGHTS" not in capsys.readouterr().err
     assert main(_argv("explain", f"ViT-B-32:{ckpt}", work, tmp_path) + ["--pretrained", "x"]) == 2
     assert "already names its weights" in capsys.readouterr().err
+
+
+def test_hub_tokenizer_offline_fails_fast_and_tokenizer_dir_is_used(
+    work, tmp_path, capsys, monkeypatch
+):
+    """SigLIP's tokenizer is a hub download: offline the command fails before building the
+    model, naming --tokenizer; with --tokenizer DIR the spec loads with that tokenizer."""
+    import time
+
+    from captum_clip.commands import _common
+    from captum_clip.models import registry
+
+    spec = "ViT-B-16-SigLIP"
+    assert registry.hub_tokenizer(spec) and parse_model_spec(spec).hub_tokenizer
+    assert parse_model_spec("ViT-B-32").hub_tokenizer == ""
+    t0 = time.perf_counter()
+    assert main(_argv("explain", spec, work, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - t0 < 60  # no retries, no model built
+    assert err.count("error:") == 1 and "--tokenizer" in err
+    calls = []
+
+    class Spec:  # records what load_model hands to the spec
+        text, hub_tokenizer = spec, "timm/ViT-B-16-SigLIP"
+
+        def load(self, device, tokenizer=None):
+            calls.append(tokenizer)
+            raise ValueError("stop here")
+
+    args = _common.argparse.Namespace(model=spec, device="cpu", tokenizer="tok/")
+    monkeypatch.setattr(_common, "model_spec", lambda a: Spec())
+    with pytest.raises(ValueError, match="stop here"):
+        _common.load_model(args)
+    Spec.hub_tokenizer = ""  # a model with its own tokenizer keeps it
+    with pytest.raises(ValueError, match="stop here"):
+        _common.load_model(args)
+    assert calls == ["tok/", None]

@@ -9,6 +9,13 @@ Runs ``captum-clip faithfulness testbed`` (see ``docs/faithfulness.md``) and wri
     python benchmarks/faithfulness.py --n 200 --shap-samples 200 --n-steps 20
     python benchmarks/faithfulness.py --variants shortcut --methods CCI Occlusion
 
+``--peers`` writes ``benchmarks/results/faithfulness_peers.md``: CCI and the cross-modal
+region x word games against AttnLRP, LeGrad and the other attention methods over several
+scene seeds (mean over seeds of the per-seed means +- their standard deviation), with the
+cost of each method::
+
+    python benchmarks/faithfulness.py --peers --n 24 --seeds 0 1 2
+
 ``--analysis`` instead writes ``benchmarks/results/faithfulness_analysis.md``: where the
 pixel-deletion ranking comes from (within-patch pixel order vs the ranking of regions),
 with maps built from the benchmark's own methods on the same scenes.
@@ -126,8 +133,85 @@ def analysis(n: int = 48, seed: int | None = None) -> str:
     return "\n".join(lines)
 
 
+PEER_METHODS = (
+    "CCI", "CCI banzhaf", "GradECLIP", "GradientRollout", "IntegratedGradients",
+    "AttnLRP", "AttnLRP cp", "LeGrad", "Cross-game banzhaf", "Cross-game FIxLIP",
+)  # fmt: skip
+PEER_COLUMNS = (
+    ("deletion_prob", "del. AUC prob ↓"),
+    ("deletion_prob_patch", "del. AUC patches ↓"),
+    ("insertion_prob", "ins. AUC prob ↑"),
+    ("pointing", "pointing ↑"),
+    ("mask_share", "mask share ↑"),
+    ("seconds_per_image", "s / image"),
+    ("forwards_per_image", "forwards / image"),
+)
+
+
+def peers(n: int, seeds: list[int], methods: tuple[str, ...] = PEER_METHODS) -> str:
+    """Markdown table of the peer methods over ``seeds`` (mean +- std of per-seed means)."""
+    import time
+
+    import pandas as pd
+
+    from captum_clip.benchmark import run_testbed
+
+    torch.set_num_threads(1)
+    start = time.time()
+    frames = []
+    for seed in seeds:
+        for res in run_testbed(n=n, seed=seed, methods=list(methods)):
+            summary = res.summary().reset_index()
+            summary["model"], summary["seed"] = res.model, seed
+            frames.append(summary)
+    table = pd.concat(frames, ignore_index=True)
+    (RESULTS / "faithfulness_peers.csv").write_text(table.to_csv(index=False))
+    lines = [
+        "# Faithfulness of the peer methods (AttnLRP, LeGrad, cross-modal games) on the testbed",
+        "",
+        f"Command: `python benchmarks/faithfulness.py --peers --n {n} --seeds "
+        f"{' '.join(map(str, seeds))}`",
+        "",
+        f"{n} scenes per model and seed (rho=0.5), target = predicted class, headline metric "
+        "settings of `faithfulness.md` (deletion to the mean colour, insertion from blur, 10 "
+        "steps). Every cell: mean over the seeds of the per-seed mean, +- the standard "
+        "deviation over seeds. Cost: seconds of the attribute call per image on a shared "
+        "CPU (1 thread; indicative only) and image forwards through the vision tower. "
+        f"Total run time {(time.time() - start) / 60:.1f} min. Cross-game maps: each "
+        "region's interactions with the words of the target's prompt (the result's column "
+        "sums); 'Cross-game FIxLIP' is the p=0.5 weighted Banzhaf index sampled with 32 "
+        "coalitions per side on 7 regions.",
+        "",
+    ]
+    for model, part in table.groupby("model", sort=False):
+        lines += [f"## {model}", "", "| method | " + " | ".join(c for _, c in PEER_COLUMNS) + " |"]
+        lines.append("| --- |" + " ---: |" * len(PEER_COLUMNS))
+        for method in methods:
+            rows = part[part["method"] == method]
+            if rows.empty:
+                continue
+            cells = []
+            for col, _ in PEER_COLUMNS:
+                v = rows[col].astype(float)
+                digits = {"seconds_per_image": 3, "forwards_per_image": 0}.get(col, 3)
+                cells.append(f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--peers" in argv:
+        n = int(argv[argv.index("--n") + 1]) if "--n" in argv else 24
+        seeds = [0, 1, 2]
+        if "--seeds" in argv:
+            rest = argv[argv.index("--seeds") + 1 :]
+            seeds = [int(v) for v in rest if v.lstrip("-").isdigit()]
+        text = peers(n, seeds)
+        (RESULTS / "faithfulness_peers.md").write_text(text)
+        print(text)
+        return 0
     if "--analysis" in argv:
         argv.remove("--analysis")
         n = int(argv[argv.index("--n") + 1]) if "--n" in argv else 48

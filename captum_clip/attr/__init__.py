@@ -2,15 +2,21 @@
 
 from captum_clip.attr._region_games import grid_regions
 from captum_clip.attr._regions import ESTIMATORS
+from captum_clip.attr.attnlrp import AttnLRP
 from captum_clip.attr.cci import CCI, CCIResult, ClusterConceptImportance
+from captum_clip.attr.cross_games import CrossModalInteractions
 from captum_clip.attr.grad_eclip import GradECLIP
 from captum_clip.attr.gradcam import ViTGradCam, vit_gradcam
 from captum_clip.attr.interactions import IntegratedInteractions, InteractionResult
+from captum_clip.attr.legrad import LeGrad
 from captum_clip.attr.maskclip import MaskCLIP
 from captum_clip.attr.rollout import GradientRollout
 
 __all__ = [
     "CCI",
+    "AttnLRP",
+    "CrossModalInteractions",
+    "LeGrad",
     "CCIResult",
     "ESTIMATORS",
     "ClusterConceptImportance",

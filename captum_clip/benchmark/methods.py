@@ -47,6 +47,8 @@ class MethodSettings:
         superpixels: Target number of SLIC segments (FeatureAblation, KernelShap, Lime).
         shap_samples: Perturbed samples per image of KernelShap and Lime.
         batch_size: Rows per forward inside methods that batch perturbations.
+        cross_k: Regions (k-means clusters) of the cross-modal region x word games.
+        cross_budget: Sampled coalitions per side of the FIxLIP-style weighted Banzhaf game.
     """
 
     cci_k: int = 7
@@ -57,6 +59,8 @@ class MethodSettings:
     superpixels: int = 24
     shap_samples: int = 64
     batch_size: int = 64
+    cross_k: int = 7
+    cross_budget: int = 32
 
 
 def slic_superpixels(images: Tensor, n_segments: int = 24, compactness: float = 10.0) -> Tensor:
@@ -197,6 +201,13 @@ def _clip_method(cls_name: str) -> Callable[[Any, MethodSettings], AttributeFn]:
     return build
 
 
+def _attnlrp_cp(clf: Any, s: MethodSettings) -> AttributeFn:
+    from captum_clip.attr.attnlrp import AttnLRP
+
+    method = AttnLRP(clf, attention="cp")
+    return lambda x, t: method.attribute(x, target=t, internal_batch_size=s.batch_size)
+
+
 def _ig(clf: Any, s: MethodSettings) -> AttributeFn:
     from captum.attr import IntegratedGradients
 
@@ -304,6 +315,37 @@ def _pgc_gradcam(clf: Any, s: MethodSettings) -> AttributeFn:
     return run
 
 
+def _cross_game(index: str) -> Callable[[Any, MethodSettings], AttributeFn]:
+    """Region x word game on the target's prompt (``templates[0]``); the map paints each
+    region's interactions with every word of the prompt (the result's column sums)."""
+
+    def build(clf: Any, s: MethodSettings) -> AttributeFn:
+        from captum_clip.attr.cross_games import CrossModalInteractions
+
+        names = getattr(clf, "class_names", None)
+        if names is None:
+            raise ValueError("the cross-modal games need a ClipClassifier (class prompts)")
+        game = CrossModalInteractions(clf.model, clf.tokenizer)
+        template = clf.templates[0]
+        sampled = index == "weighted_banzhaf"
+
+        def run(x: Tensor, t: Tensor) -> Tensor:
+            captions = [template.format(names[int(c)]) for c in t.tolist()]
+            res = game.explain(
+                x, captions, n_regions=s.cross_k, index=index,
+                budget=s.cross_budget if sampled else None,
+                internal_batch_size=max(s.batch_size, 2),
+            )  # fmt: skip
+            h, w = res.patch_grid
+            cols = res.attributions[:, :, res.n_prefix :].sum(1).reshape(-1, 1, h, w)
+            up = torch.nn.functional.interpolate(cols, size=tuple(x.shape[-2:]), mode="nearest")
+            return up.expand(-1, x.shape[1], -1, -1).to(x.dtype).contiguous()
+
+        return run
+
+    return build
+
+
 #: name -> builder ``(classifier, MethodSettings) -> (images, target) -> attributions``.
 METHODS: dict[str, Callable[[Any, MethodSettings], AttributeFn]] = {
     "CCI": _cci("single"),
@@ -325,6 +367,11 @@ METHODS: dict[str, Callable[[Any, MethodSettings], AttributeFn]] = {
     "KernelShap": _superpixel_method("KernelShap"),
     "Lime": _superpixel_method("Lime"),
     "pgc GradCAM": _pgc_gradcam,
+    "AttnLRP": _clip_method("AttnLRP"),
+    "AttnLRP cp": lambda clf, s: _attnlrp_cp(clf, s),
+    "LeGrad": _clip_method("LeGrad"),
+    "Cross-game banzhaf": _cross_game("banzhaf"),
+    "Cross-game FIxLIP": _cross_game("weighted_banzhaf"),
 }
 
 

@@ -33,6 +33,11 @@ METHOD_NAMES = (
     "KernelShap",
     "Lime",
     "pgc GradCAM",
+    "AttnLRP",
+    "AttnLRP cp",
+    "LeGrad",
+    "Cross-game banzhaf",
+    "Cross-game FIxLIP",
 )
 METHOD_DEFAULTS = dict(
     cci_k=7, cci_multi_k=(3, 5, 7, 9), ig_steps=16, superpixels=24, shap_samples=64, batch_size=64

@@ -1,0 +1,256 @@
+"""AttnLRP: layer-wise relevance propagation through the attention of CLIP vision towers.
+
+Achtibat, Hatefi, Dreyer, Jain, Wiegand, Lapuschkin, Samek, "AttnLRP: Attention-Aware
+Layer-Wise Relevance Propagation for Transformers" (ICML 2024; package ``lxt``). Written
+the way ``lxt.efficient`` writes it: relevance is *gradient x input* of a forward pass
+whose backward is modified so that every step is an LRP rule:
+
+==================================== =====================================================
+operation                            rule (how the backward changes)
+==================================== =====================================================
+linear layers, convolutions, sums    epsilon rule with epsilon -> 0: the plain gradient
+                                     (biases absorb relevance)
+element-wise activations (GELU, ...) identity rule: gradient ``act(x) / x``
+LayerNorm / RMSNorm (also q/k norms)  identity rule on the normalisation: the standard
+                                     deviation is a constant in the backward
+softmax                              the paper's linearisation, ``x (R - s sum R)``: in
+                                     gradient x input the plain softmax gradient
+``q k^T`` and ``A v``                 uniform rule: each factor gets half -> the
+                                     gradients of ``q`` and ``k`` are divided by 4, of
+                                     ``v`` by 2 (``lxt``'s ``divide_gradient``)
+gated MLP product (SwiGLU)           uniform rule: each factor's gradient halved
+final L2 normalisation of the cosine identity rule: the norm is a constant
+==================================== =====================================================
+
+``attention="cp"`` is CP-LRP (Ali et al., ICML 2022), what ``lxt`` uses for torchvision
+ViTs: no relevance flows through the attention weights (``q`` and ``k`` get no
+gradient) and ``A v`` is linear in ``v``.
+
+The modified backward is installed with hooks only (the model is never edited): norm and
+activation modules get forward hooks that return the same value with the rule's gradient;
+the attention of every block (and of an attention pooler) is recomputed by
+:func:`~captum_clip.models.blocks.trace_blocks` / ``tower.trace_pool`` and the rule is
+applied by tensor hooks on the traced ``q``, ``k`` and attention output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum.attr import GradientAttribution
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from captum_clip._hooks import HookManager
+from captum_clip._validate import check_images, check_target
+from captum_clip.attr._base import refuse_without_attention, split_batches
+from captum_clip.attr.legrad import text_head
+from captum_clip.models.adapter import resolve_tower
+from captum_clip.models.blocks import trace_blocks
+
+__all__ = ["ATTENTION_RULES", "AttnLRP", "lrp_module_rules"]
+
+ATTENTION_RULES = ("attnlrp", "cp")
+_ACTIVATIONS = ("gelu", "silu", "swish", "relu", "tanh", "sigmoid", "mish", "activation")
+EPSILON = 1e-10
+
+
+class _IdentityRule(torch.autograd.Function):
+    """``y = fn(x)`` given as ``y``; backward ``grad * y / x`` (the identity rule)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
+        sign = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        ctx.save_for_backward(y / (x + EPSILON * sign))
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None
+
+
+def _halve(t: Tensor) -> Tensor:
+    """Same value, half the gradient (the uniform rule on one factor of a product)."""
+    return 0.5 * t + 0.5 * t.detach()
+
+
+def _norm_rule(module: nn.Module, x: Tensor, rms: bool) -> Tensor:
+    """LayerNorm / RMSNorm recomputed with its scale constant in the backward."""
+    dims = (
+        tuple(range(-len(module.normalized_shape), 0))
+        if hasattr(module, "normalized_shape")
+        else (-1,)
+    )
+    xf = x.float()
+    eps = float(getattr(module, "eps", None) or getattr(module, "variance_epsilon", 1e-6))
+    if rms:
+        y = xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps).detach()
+    else:
+        centred = xf - xf.mean(dims, keepdim=True)
+        y = centred * torch.rsqrt(centred.pow(2).mean(dims, keepdim=True) + eps).detach()
+    w, b = getattr(module, "weight", None), getattr(module, "bias", None)
+    y = y * w.float() if isinstance(w, Tensor) else y
+    y = y + b.float() if isinstance(b, Tensor) else y
+    return y.to(x.dtype)
+
+
+def _kind(module: nn.Module) -> str | None:
+    name = type(module).__name__.lower()
+    if isinstance(module, nn.LayerNorm) or name in ("layernorm", "layernorm2d", "layernormfp32"):
+        return "layernorm"
+    if "rmsnorm" in name:
+        return "rmsnorm"
+    if hasattr(module, "fc1_g") and hasattr(module, "fc1_x"):
+        return "swiglu"
+    if type(module).__name__ == "GluMlp":
+        return "glu"
+    leaf = next(module.children(), None) is None and next(module.parameters(), None) is None
+    if leaf and any(a in name for a in _ACTIVATIONS):
+        return "activation"
+    return None
+
+
+def lrp_module_rules(root: nn.Module, hooks: HookManager) -> None:
+    """Install the norm, activation and gated-MLP rules on every submodule of ``root``.
+
+    Raises:
+        ValueError: A gated MLP the rules do not cover (timm ``GluMlp``).
+    """
+    for module in root.modules():
+        kind = _kind(module)
+        if kind in ("layernorm", "rmsnorm"):
+            rms = kind == "rmsnorm"
+            hooks.forward(module, lambda m, a, out, rms=rms: _norm_rule(m, a[0], rms))
+        elif kind == "activation":
+            hooks.forward(module, lambda m, a, out: _IdentityRule.apply(a[0], out))
+        elif kind == "swiglu":  # act(fc1_g x) * fc1_x x: uniform rule on the product
+            hooks.forward(module.fc1_x, lambda m, a, out: _halve(out))
+            hooks.forward(module.act, lambda m, a, out: _halve(out))
+        elif kind == "glu":
+            raise ValueError(
+                "AttnLRP does not cover timm's GluMlp (the gated product is inside one "
+                "forward); towers with SwiGLU (fc1_g / fc1_x) or plain MLPs are supported"
+            )
+
+
+class AttnLRP(GradientAttribution):
+    """AttnLRP relevance at the input pixels of a CLIP ViT (any family the adapters know).
+
+    The explained score is the target logit ``scale * cos(image, text_c) (+ bias)`` of a
+    :class:`~captum_clip.models.ClipClassifier` (the cosine of a
+    :class:`~captum_clip.models.ClipSimilarity`); the relevance is propagated through the
+    vision tower with the rules in the module docstring and returned at the pixels,
+    ``(B, 3, H, W)`` like the inputs (sum over channels for a map). Relevance is
+    conserved layer to layer up to what biases and the epsilon absorb.
+
+    One forward and one backward pass per image (no parameter gradients kept).
+
+    Args:
+        forward_func: A ClipClassifier / ClipSimilarity, or any callable with
+            ``text_embeddings=`` and ``vision_model=`` given (only the tower and the text
+            embeddings are used).
+        vision_model: See :class:`~captum_clip.attr._base.PatchMapAttribution`.
+        attention: ``"attnlrp"`` (uniform rule through ``q k^T`` and ``A v``, the paper)
+            or ``"cp"`` (CP-LRP: attention weights held constant).
+        text_embeddings: ``(n_outputs, D)`` text embeddings (default: the forward
+            function's).
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        vision_model: Any = None,
+        attention: str = "attnlrp",
+        text_embeddings: Tensor | None = None,
+    ) -> None:
+        if not callable(forward_func):
+            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
+        if attention not in ATTENTION_RULES:
+            raise ValueError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
+        super().__init__(forward_func)
+        tower = resolve_tower(forward_func, vision_model)
+        refuse_without_attention("AttnLRP", tower)
+        self.tower = resolve_tower(forward_func, vision_model, vit=True, need_cls=False)
+        self.attention = attention
+        self.text = text_head(forward_func, text_embeddings)
+        scale = getattr(forward_func, "scale", None)
+        bias = getattr(forward_func, "bias", None)
+        self.scale = float(scale) if isinstance(scale, Tensor) else 1.0
+        self.bias = float(bias) if isinstance(bias, Tensor) else 0.0
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    def _guarded(self) -> list[nn.Module]:
+        ff = self.forward_func
+        return self.tower.guarded + ([ff] if isinstance(ff, nn.Module) else [])
+
+    def _apply_attention_rule(self, traces: list[Any], pooler: Any) -> None:
+        for t in traces:
+            if self.attention == "cp":
+                t.q.register_hook(torch.zeros_like)
+                t.k.register_hook(torch.zeros_like)
+            else:
+                for x in (t.q, t.k, t.context):
+                    x.register_hook(lambda g: 0.5 * g)
+        if pooler is not None:  # the pooler's query is a constant: q k^T is linear in k
+            if self.attention == "cp":
+                pooler.k.register_hook(torch.zeros_like)
+            else:
+                pooler.context.register_hook(lambda g: 0.5 * g)
+
+    def _relevance(self, images: Tensor, target: Tensor) -> Tensor:
+        tower = self.tower
+        with HookManager(*self._guarded()) as hooks, torch.enable_grad():
+            lrp_module_rules(tower.module, hooks)
+            pool = tower.trace_pool(hooks) if tower.pool_type == "attn" else None
+            store = trace_blocks(tower, list(range(tower.n_blocks)), hooks)
+            x = images.detach().clone().requires_grad_(True)
+            emb = tower.head(tower.run_blocks(tower.embed(x), 0, tower.n_blocks)).float()
+            self._apply_attention_rule(
+                [store[i] for i in range(tower.n_blocks)], None if pool is None else pool["pool"]
+            )
+            unit = emb / emb.norm(dim=-1, keepdim=True).detach()  # identity rule on the norm
+            text = self.text.to(emb.device)[target.to(emb.device)]
+            score = self.scale * (unit * text).sum(-1)
+            (grad,) = torch.autograd.grad(score.sum(), x)
+        return (x * grad).detach()
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Tensor,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        internal_batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        """Pixel relevance ``(B, 3, H, W)`` of the target score.
+
+        Args:
+            inputs: ``(B, 3, H, W)`` preprocessed images at the model's size.
+            target: See :mod:`captum_clip._validate` (an int, or one per example); may be
+                None with a single text embedding.
+            additional_forward_args: Must be None (the tower is read directly).
+            internal_batch_size: Process at most this many images at once (None: all).
+            show_progress: Show a tqdm bar over the internal batches.
+        """
+        if additional_forward_args is not None:
+            raise ValueError(
+                "AttnLRP reads the vision tower directly and never calls forward_func; "
+                "additional_forward_args must be None"
+            )
+        inputs = check_images(inputs, self.tower.image_size, name="inputs", dtype=self.tower.dtype)
+        b, n_out = inputs.shape[0], self.text.shape[0]
+        targets = check_target(target, b, n_out)
+        if targets is None:
+            if n_out != 1:
+                raise ValueError(f"target is required: there are {n_out} text embeddings")
+            targets = torch.zeros(b, dtype=torch.long)
+        out = []
+        for sl in tqdm(split_batches(b, internal_batch_size), desc="AttnLRP",
+                       disable=not show_progress):  # fmt: skip
+            out.append(self._relevance(inputs[sl], targets[sl]))
+        return torch.cat(out).to(inputs.dtype)

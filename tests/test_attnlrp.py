@@ -1,0 +1,126 @@
+"""AttnLRP: agreement with the authors' package (lxt), conservation, every tower family."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import pytest
+import torch
+from _tiny_timm import BUILDERS
+from conftest import ToyHFTokenizer, make_tiny_hf_clip, make_tiny_vit, tiny_tokenizer
+from torch import nn
+
+from captum_clip.attr import AttnLRP
+from captum_clip.models import ClipClassifier
+
+CLASSES = ["cat", "dog", "car"]
+
+
+def _clf(model, tok):
+    return ClipClassifier(model, tok, CLASSES, templates=("a photo of {}",))
+
+
+def _lxt_patches():
+    """lxt 2.1's ``lxt.efficient`` package imports its BERT patches, which fail under
+    transformers 5; its rules and patches are loaded without that ``__init__``."""
+    lxt = pytest.importorskip("lxt")
+    if "lxt.efficient" not in sys.modules:
+        pkg = types.ModuleType("lxt.efficient")
+        pkg.__path__ = [os.path.join(os.path.dirname(lxt.__file__), "efficient")]
+        sys.modules["lxt.efficient"] = pkg
+    from lxt.efficient import patches
+
+    return patches
+
+
+@pytest.mark.parametrize("attention", ["attnlrp", "cp"])
+def test_attnlrp_matches_lxt_on_hf_clip(attention, monkeypatch):
+    patches = _lxt_patches()
+    mc = pytest.importorskip("transformers.models.clip.modeling_clip")
+    from transformers.activations import QuickGELUActivation
+
+    model = make_tiny_hf_clip(0)
+    model.config._attn_implementation = "eager"
+    model.vision_model.config._attn_implementation = "eager"
+    clf = _clf(model, ToyHFTokenizer())
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 32, 32)
+    t = torch.tensor([0, 2])
+    ours = AttnLRP(clf, attention=attention).attribute(x, target=t)
+    wrap = (
+        patches.wrap_attention_forward
+        if attention == "attnlrp"
+        else patches.cp_wrap_attention_forward
+    )
+    monkeypatch.setattr(mc, "eager_attention_forward", wrap(mc.eager_attention_forward))
+    monkeypatch.setattr(nn.LayerNorm, "forward", patches.layer_norm_forward)
+    monkeypatch.setattr(QuickGELUActivation, "original_forward", QuickGELUActivation.forward,
+                        raising=False)  # fmt: skip
+    monkeypatch.setattr(QuickGELUActivation, "forward", patches.non_linear_forward)
+    xx = x.clone().requires_grad_(True)
+    emb = model.get_image_features(pixel_values=xx)
+    emb = getattr(emb, "pooler_output", emb)
+    unit = emb / emb.norm(dim=-1, keepdim=True).detach()
+    (clf.scale * (unit * clf.text_embeddings[t]).sum(-1)).sum().backward()
+    torch.testing.assert_close(ours, (xx * xx.grad).detach(), atol=1e-6, rtol=1e-4)
+
+
+def _bias_free_vit():
+    """Tiny open_clip ViT without any bias, class or positional embedding: with attention
+    weights held constant (CP-LRP) the tower is homogeneous of degree 1 in the pixels."""
+    model = make_tiny_vit(2)
+    with torch.no_grad():
+        for name, p in model.visual.named_parameters():
+            if name.endswith("bias") or "positional_embedding" in name or "class_embedding" in name:
+                p.zero_()
+    return model
+
+
+def test_cp_relevance_is_conserved_without_biases():
+    clf = _clf(_bias_free_vit(), tiny_tokenizer())
+    x = torch.randn(3, 3, 32, 32)
+    t = torch.tensor([2, 0, 1])
+    rel = AttnLRP(clf, attention="cp").attribute(x, target=t)
+    with torch.no_grad():
+        score = clf(x).gather(1, t[:, None])[:, 0]
+    torch.testing.assert_close(rel.sum((1, 2, 3)), score, atol=1e-4, rtol=1e-4)
+    full = AttnLRP(clf).attribute(x, target=t)  # the softmax rule is not conservative
+    assert not torch.allclose(full.sum((1, 2, 3)), score, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_every_family_runs_and_leaves_model_unchanged(family):
+    model, tok = BUILDERS[family](0)
+    clf = _clf(model, tok)
+    x = torch.randn(2, 3, *clf.image_size)
+    with torch.no_grad():
+        before = clf(x)
+    lrp = AttnLRP(clf)
+    rel = lrp.attribute(x, target=[0, 2])
+    assert rel.shape == x.shape and torch.isfinite(rel).all() and rel.abs().sum() > 0
+    torch.testing.assert_close(rel, lrp.attribute(x, target=[0, 2], internal_batch_size=1),
+                               atol=1e-6, rtol=1e-4)  # fmt: skip
+    hooked = [m for m in model.modules() if m._forward_hooks or "forward" in vars(m)]
+    assert not hooked
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), before)
+
+
+def test_hooks_removed_after_exception_and_bad_input(monkeypatch):
+    clf = _clf(make_tiny_vit(0), tiny_tokenizer())
+    lrp = AttnLRP(clf)
+
+    def fail(x):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lrp.tower, "head", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        lrp.attribute(torch.randn(2, 3, 32, 32), target=[0, 1])
+    monkeypatch.undo()
+    assert not [m for m in clf.model.modules() if m._forward_hooks or "forward" in vars(m)]
+    with pytest.raises(ValueError, match="attention"):
+        AttnLRP(clf, attention="softmax")
+    with pytest.raises(ValueError, match="additional_forward_args"):
+        lrp.attribute(torch.randn(1, 3, 32, 32), target=0, additional_forward_args=(1,))

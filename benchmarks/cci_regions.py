@@ -12,6 +12,8 @@ over seeds) and ``cci_regions.csv`` (one row per variant, seed and method; finis
     python benchmarks/cci_regions.py                       # 32 scenes x 3 seeds x variants
     python benchmarks/cci_regions.py --variants default --seeds 1 --n 8   # quick look
     python benchmarks/cci_regions.py --report              # tables from the CSV only
+    python benchmarks/cci_regions.py --rank --n 96 --variants default shortcut
+        # CCI settings within 64 forwards vs GradientRollout / IG (``_cci_rank.py``)
 """
 
 from __future__ import annotations
@@ -275,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "cci_regions.md"))
     p.add_argument("--csv", default=str(RESULTS / "cci_regions.csv"))
     p.add_argument("--report", action="store_true", help="only rebuild the tables from the CSV")
+    p.add_argument("--rank", action="store_true", help="the 64-forward ranking (_cci_rank.py)")
     p.add_argument(
         "--diagnosis-n", type=int, default=0,
         help="only diagnose this many scenes per seed (no faithfulness metrics)",
     )  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    if args.rank:
+        return rank_main(args)
     csv, diag_csv = Path(args.csv), Path(args.csv).with_name(Path(args.csv).stem + "_diagnosis.csv")
     table = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
     diag = pd.read_csv(diag_csv) if diag_csv.is_file() else pd.DataFrame()
@@ -318,6 +323,26 @@ def main(argv: list[str] | None = None) -> int:
     if not big.empty:
         text += "\n" + "\n".join(diagnosis_report(big))
     Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def rank_main(args: argparse.Namespace) -> int:
+    """``--rank``: run missing (variant, seed) pairs, then write ``cci_regions_rank.md``."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _cci_rank import rank_report, run_rank
+
+    csv = RESULTS / "cci_regions_rank.csv"
+    table = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+    for variant in args.variants or ["default", "shortcut"]:
+        for seed in args.seeds:
+            if not table.empty and ((table["variant"] == variant) & (table["seed"] == seed)).any():
+                continue
+            rows = run_rank(variant, seed, args.n, _testbed_classifier)
+            table = pd.concat([table, rows], ignore_index=True)
+            table.to_csv(csv, index=False)
+    text = "\n".join(["# CCI within 64 forwards per image vs the peers", ""] + rank_report(table))
+    (RESULTS / "cci_regions_rank.md").write_text(text)
     print(text)
     return 0
 

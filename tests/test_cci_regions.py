@@ -121,11 +121,18 @@ def test_sampled_shapley_budget_efficiency_and_batch_split(clf, x):
     torch.testing.assert_close(one, a[1:], rtol=1e-4, atol=1e-5)
 
 
-def test_exact_shapley_is_one_batched_forward(clf, x):
+def test_exact_shapley_is_one_batched_forward_per_kept_count(clf, x):
     with ForwardCounter(clf) as count:
-        CCI(clf, n_clusters=4, estimator="shapley").attribute(x, target=0)
-    assert count.calls == 2  # the unmasked pass, then every coalition of both images
-    assert count.images <= 2 * 2**4
+        _, res = CCI(clf, n_clusters=4, estimator="shapley").attribute(
+            x, target=0, return_clusters=True
+        )
+    # the unmasked pass, then the coalitions of both images on their kept patches, one
+    # forward per number of kept patches (rows keeping nothing are masked)
+    sizes = torch.stack([torch.bincount(lab.flatten(), minlength=4) for lab in res.labels])
+    subsets = torch.tensor([[(m >> j) & 1 for j in range(4)] for m in range(15)])
+    kept = (subsets.double() @ sizes.double().T).long().unique()
+    assert count.calls == 1 + len(kept)
+    assert count.images == 2 * 15 + 2
 
 
 class PatchLinear(nn.Module):
@@ -173,8 +180,10 @@ def test_errors(clf, x):
         CCI(clf, estimator="lime")
     with pytest.raises(ValueError, match="K <= 10"):
         CCI(clf, n_clusters=11, estimator="shapley")
-    with pytest.raises(ValueError, match="needs budget"):
-        CCI(clf, estimator="sampled_shapley")
+    assert CCI(clf, estimator="sampled_shapley").budget == 63  # 64 forwards per image
+    assert CCI(clf, estimator="owen", budget=None).budget is None  # exact Owen values
+    with pytest.raises(ValueError, match="n_groups is an int"):
+        CCI(clf, n_groups=2)
     with pytest.raises(ValueError, match="budget is only used"):
         CCI(clf, budget=10)
     with pytest.raises(ValueError, match="regions must be"):
@@ -194,3 +203,42 @@ def test_multi_k_estimator_is_the_mean_of_single_k(clf, x):
     singles = [CCI(clf, n_clusters=k, estimator="banzhaf").attribute(x, target=0) for k in (2, 3)]
     torch.testing.assert_close(multi, (singles[0] + singles[1]) / 2, rtol=1e-4, atol=1e-5)
     assert [r.estimator for r in res] == ["banzhaf", "banzhaf"]
+
+
+def test_owen_on_the_cluster_tree_equals_brute_force(clf, x):
+    from itertools import permutations
+
+    from captum_clip.attr._region_games import leaf_groups
+
+    _, res = CCI(clf, n_clusters=5, estimator="owen", budget=None, n_groups=2).attribute(
+        x, target=1, return_clusters=True
+    )
+    cci = CCI(clf, n_clusters=5)
+    feats = clf.vision.patch_features(x).reshape(2, 16, -1)
+    flat = res.labels.reshape(2, -1)
+    groups = leaf_groups(feats, flat, flat.max(1).values + 1, 2, cci.random_state)
+    for i in range(2):
+        k = int(flat[i].max()) + 1
+        _, _, v = brute_values(clf, x[i], 1, flat[i], k)
+        g = groups[i, :k].tolist()
+        assert 1 <= len(set(g)) <= 2
+        ids = sorted(set(g))
+        phi, n = torch.zeros(k), 0  # mean marginal over orders keeping each group together
+        for order in permutations(ids):
+            inner = [[j for j in range(k) if g[j] == o] for o in order]
+            for walk in _products([list(permutations(m)) for m in inner]):
+                seen = [False] * k
+                for j in (j for part in walk for j in part):
+                    before = v[tuple(seen)]
+                    seen[j] = True
+                    phi[j] += v[tuple(seen)] - before
+                n += 1
+        torch.testing.assert_close(res.values[i, :k], phi / n, rtol=1e-4, atol=1e-4)
+        total = v[(True,) * k] - v[(False,) * k]
+        assert abs(float(res.values[i, :k].sum()) - total) < 1e-3
+
+
+def _products(lists):
+    from itertools import product
+
+    return product(*lists)

@@ -48,6 +48,7 @@ def test_coalition_scores_equal_separate_forwards(setup, mode, ibs):
 
     kw = {"vision": clf.vision} if mode == "attention" else {"fill": fill, "grid": (4, 4)}
     with torch.no_grad():
+        kw["drop"] = False if mode == "attention" else None  # one batch (dropping: own test)
         s = variant_scores(score, x, hidden, valid, internal_batch_size=ibs, **kw)
         n = int(valid.sum())
         assert calls == ([n] if ibs is None else [4] * (n // 4) + [n % 4] * (n % 4 > 0))

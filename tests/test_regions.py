@@ -166,3 +166,87 @@ def test_errors():
     with pytest.raises(ValueError, match="one number per coalition"):
         estimate("occlusion", 3, lambda h: torch.zeros(2))
     assert _regions.MAX_EXACT_K == 10
+
+
+def owen_closed_form(k: int, groups: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Owen value of a Harsanyi game: each dividend ``d_T`` is split equally among the
+    groups that ``T`` meets, then equally among ``T``'s members inside each group."""
+    g = torch.Generator().manual_seed(seed)
+    subsets = [frozenset(t) for r in range(1, k + 1) for t in itertools.combinations(range(k), r)]
+    dividends = {t: float(torch.randn(1, generator=g)) for t in subsets}
+    phi = torch.zeros(k, dtype=torch.float64)
+    for t, d in dividends.items():
+        met = {groups[j] for j in t}
+        for j in t:
+            inside = sum(1 for i in t if groups[i] == groups[j])
+            phi[j] += d / (len(met) * inside)
+    return phi
+
+
+def brute_owen(v, groups: tuple[int, ...]) -> torch.Tensor:
+    """Owen value as the mean marginal contribution over all orders that keep each group's
+    members together (an independent enumeration)."""
+    k = len(groups)
+    ids = sorted(set(groups))
+    members = [[j for j in range(k) if groups[j] == g] for g in ids]
+    phi, count = torch.zeros(k, dtype=torch.float64), 0
+    for order in itertools.permutations(range(len(ids))):
+        for inner in itertools.product(*(itertools.permutations(members[o]) for o in order)):
+            seen: frozenset = frozenset()
+            for j in itertools.chain(*inner):
+                phi[j] += v(seen | {j}) - v(seen)
+                seen = seen | {j}
+            count += 1
+    return phi / count
+
+
+@pytest.mark.parametrize("groups", [(0, 0, 1, 1, 1, 2), (0, 1, 1, 0, 2, 2), (3, 3, 3, 3, 3, 7)])
+def test_exact_owen_matches_closed_form_enumeration_and_is_efficient(groups):
+    k = len(groups)
+    value, v, _, _ = harsanyi_game(k, seed=2)
+    phi = estimate("owen", k, value, groups=groups)
+    torch.testing.assert_close(phi, owen_closed_form(k, groups, seed=2))
+    torch.testing.assert_close(phi, brute_owen(v, groups))
+    assert abs(float(phi.sum()) - (v(frozenset(range(k))) - v(frozenset()))) < 1e-9
+    # a different tree gives different values (the hierarchy matters)
+    assert not torch.allclose(phi, estimate("owen", k, value, groups=(0, 1, 2, 0, 1, 2)))
+
+
+@pytest.mark.parametrize("groups", [None, (0, 1, 2, 3, 4), (0, 0, 0, 0, 0)])
+def test_owen_of_a_one_level_tree_is_shapley(groups):
+    value, _, shapley, _ = harsanyi_game(5, seed=4)
+    torch.testing.assert_close(estimate("owen", 5, value, groups=groups), shapley)
+
+
+def test_sampled_owen_converges_to_exact_and_is_efficient():
+    groups = (0, 0, 0, 1, 1, 2, 2, 2)
+    k = len(groups)
+    value, v, _, _ = harsanyi_game(k, seed=6)
+    exact = estimate("owen", k, value, groups=groups)
+    errors = []
+    for budget in (k, 30, 60):
+        p = plan("owen", k, budget=budget, seed=0, groups=groups)
+        assert p.n_rows <= budget
+        phi = estimate("owen", k, value, budget, 0, groups)
+        assert abs(float(phi.sum()) - (v(frozenset(range(k))) - v(frozenset()))) < 1e-9
+        errors.append(float((phi - exact).abs().max()))
+    # every coalition the exact values need fits in 95 rows: then the plan is exact
+    full = plan("owen", k, groups=groups)
+    torch.testing.assert_close(estimate("owen", k, value, full.n_rows, 0, groups), exact)
+    assert errors[-1] < errors[0]
+    # K=12, beyond exact enumeration: a symmetric game's value is total / K (symmetry)
+    sym = (0,) * 6 + (1,) * 6
+    many = estimate("owen", 12, lambda h: (~h).double().sum(1) ** 1.5, 2000, 0, sym)
+    expected = torch.full((12,), 12**1.5 / 12, dtype=torch.float64)
+    torch.testing.assert_close(many, expected, rtol=0.02, atol=0)
+    few = estimate("owen", 12, lambda h: (~h).double().sum(1) ** 1.5, 24, 0, sym)
+    assert (many - expected).abs().max() < (few - expected).abs().max()
+
+
+def test_owen_errors():
+    with pytest.raises(ValueError, match="group id >= 0 for each of the 3"):
+        plan("owen", 3, groups=(0, 1))
+    with pytest.raises(ValueError, match="give a budget"):
+        plan("owen", 11)
+    with pytest.raises(ValueError, match="too small"):
+        plan("owen", 5, budget=4)

@@ -275,3 +275,27 @@ def test_siglip_trace_pool_reproduces_the_head_and_respects_hidden_patches():
         assert (traced_masked - masked).abs().max() <= 1e-5
         assert store["pool"].probs[..., :5].abs().max() == 0
     assert (vision(images) - plain).abs().max() == 0  # the head is restored
+
+
+def test_hf_siglip_hiding_every_patch_is_the_empty_pooling():
+    """No key left for the head: its attention is the empty sum (only out_proj's bias), as
+    the timm adapter defines it; not NaN. The traced pooler agrees."""
+    from captum_clip._hooks import HookManager
+
+    model = make_tiny_siglip()
+    vision = ClipAdapter(model).vision
+    x = torch.randn(2, 3, *vision.image_size)
+    hidden = torch.zeros(2, vision.n_patches, dtype=torch.bool)
+    hidden[0] = True
+    with torch.no_grad(), vision.hide_patches(hidden):
+        out = vision(x)
+    head = model.vision_model.head
+    empty = head.attention.out_proj.bias[None, None]
+    expected = (empty + head.mlp(head.layernorm(empty)))[0, 0]
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), HookManager() as hooks, vision.hide_patches(hidden):
+        store = vision.trace_pool(hooks)
+        traced = vision(x)
+    torch.testing.assert_close(traced, out, atol=1e-5, rtol=1e-5)
+    assert store["pool"].probs[0].abs().sum() == 0

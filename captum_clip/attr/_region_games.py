@@ -35,6 +35,7 @@ __all__ = [
     "consecutive_labels",
     "game_values",
     "grid_regions",
+    "leaf_groups",
     "patch_partition",
     "user_partition",
 ]
@@ -123,7 +124,12 @@ def patch_partition(regions: Tensor, grid: tuple[int, int]) -> Tensor:
 
 
 def coalition_masks(
-    n_found: Tensor, n_slots: int, estimator: str, budget: int | None, seed: int
+    n_found: Tensor,
+    n_slots: int,
+    estimator: str,
+    budget: int | None,
+    seed: int,
+    groups: Tensor | None = None,
 ) -> tuple[list[CoalitionPlan], Tensor, Tensor]:
     """Every image's coalitions as padded region masks for one batched forward.
 
@@ -131,13 +137,20 @@ def coalition_masks(
         n_found: ``(B,)`` regions of each image (its K).
         n_slots: Region columns of the masks (at least the largest K).
         estimator, budget, seed: See :func:`captum_clip.attr._regions.plan`.
+        groups: ``(B, n_slots)`` group id of every region (``"owen"``; see
+            :func:`leaf_groups`), or None.
 
     Returns:
         ``(plans, hide, valid)``: one plan per image, ``hide (B, V, n_slots)`` bool (the
         regions each masked row hides; row 0 of a plan, the unmasked image, is left out)
         and ``valid (B, V)`` (rows past an image's plan are padding).
     """
-    plans = [plan(estimator, int(k), budget, seed) for k in n_found.tolist()]
+    ks = n_found.tolist()
+    if groups is None:
+        plans = [plan(estimator, int(k), budget, seed) for k in ks]
+    else:
+        g = groups.tolist()
+        plans = [plan(estimator, int(k), budget, seed, tuple(g[i][:k])) for i, k in enumerate(ks)]
     v = max(p.n_rows for p in plans)
     hide = torch.zeros(len(plans), v, n_slots, dtype=torch.bool)
     valid = torch.zeros(len(plans), v, dtype=torch.bool)
@@ -175,6 +188,39 @@ def combine(
     return scores, values
 
 
+def leaf_groups(feats: Tensor, labels: Tensor, n_found: Tensor, n_groups: int, seed: int) -> Tensor:
+    """The first level of a two-level region tree: the regions grouped by k-means on their
+    mean (L2-normalised) features -- the cluster tree of ``estimator="owen"``.
+
+    Args:
+        feats: ``(B, P, d)`` features of the ``P`` units that ``labels`` label.
+        labels: ``(B, P)`` region of every unit, ``0..K_i-1``.
+        n_found: ``(B,)`` regions per image.
+        n_groups: Groups per image (capped at the regions of the image).
+        seed: k-means seed.
+
+    Returns:
+        ``(B, K)`` long group id per region, ``K = max(n_found)`` (padding regions join
+        group 0 and are never used).
+    """
+    from captum_clip.attr._kmeans import batched_kmeans
+
+    b, k = labels.shape[0], int(n_found.max())
+    x = F.normalize(feats.float(), dim=-1)
+    sums = torch.zeros(b, k, x.shape[-1], device=x.device).scatter_add(
+        1, labels[:, :, None].expand(-1, -1, x.shape[-1]), x
+    )
+    present = torch.arange(k, device=x.device)[None] < n_found[:, None].to(x.device)
+    cent = torch.where(present[:, :, None], sums, sums[:, :1])  # pad with region 0
+    out = torch.zeros(b, k, dtype=torch.long, device=x.device)
+    for m in n_found.unique().tolist():  # images with the same K share one batched k-means
+        rows = (n_found == m).nonzero().flatten().to(x.device)
+        g = min(n_groups, int(m))
+        res = batched_kmeans(cent[rows, : int(m)], g, seed=seed)
+        out[rows, : int(m)] = consecutive_labels(res.labels)
+    return out
+
+
 def user_partition(
     regions: Any, inputs: Tensor, grid: tuple[int, int] | None
 ) -> tuple[Tensor, Tensor]:
@@ -200,6 +246,7 @@ def game_values(
     estimator: str,
     budget: int | None,
     seed: int,
+    groups: list[Tensor | None] | None = None,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Leave-one-out scores and estimator values per labelling, from one batched forward.
 
@@ -210,13 +257,18 @@ def game_values(
         labellings: ``(labels (B, P), n_found (B,))`` per labelling (one per K).
         ks: Output columns per labelling.
         estimator, budget, seed: See :func:`captum_clip.attr._regions.plan`.
+        groups: Per labelling, the ``(B, K)`` groups of :func:`leaf_groups` (``"owen"``).
 
     Returns:
         ``(scores, values)``: lists of ``(B, K_j)`` tensors (see :func:`combine`).
     """
     from captum_clip.attr._region_scores import region_hidden
 
-    parts = [coalition_masks(n, k, estimator, budget, seed) for (_, n), k in zip(labellings, ks)]
+    groups = groups or [None] * len(ks)
+    parts = [
+        coalition_masks(n, k, estimator, budget, seed, g)
+        for (_, n), k, g in zip(labellings, ks, groups)
+    ]
     hidden = torch.cat([region_hidden(lab, h) for (lab, _), (_, h, _) in zip(labellings, parts)], 1)
     rows = run_rows(hidden, torch.cat([v for _, _, v in parts], 1))
     scores, values = [], []

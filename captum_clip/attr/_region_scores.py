@@ -69,6 +69,7 @@ def variant_scores(
     grid: tuple[int, int] | None = None,
     internal_batch_size: int | None = None,
     show_progress: bool = False,
+    drop: bool | None = None,
 ) -> Tensor:
     """Target scores of every valid masked variant, all images in one chunked batch.
 
@@ -89,6 +90,11 @@ def variant_scores(
         grid: ``(h, w)`` of the patch grid, pixel mode (default: square).
         internal_batch_size: Rows per forward (None: all at once).
         show_progress: tqdm bar over the chunks.
+        drop: Attention mode: run each row on its kept patches only
+            (``vision.keep_patches``; the same scores as masking, a row showing half the
+            image costs about half a forward), rows with the same number of kept patches
+            batched together; rows that keep no patch are masked. Default: where the
+            tower supports it (``vision.can_drop``).
 
     Returns:
         ``(B, V)`` float32 scores, NaN where ``valid`` is False.
@@ -107,6 +113,11 @@ def variant_scores(
     if fill is not None:
         grid = _grid(p, grid)
         fill = torch.broadcast_to(fill, inputs.shape)
+    elif vision.can_drop if drop is None else drop:
+        values = _dropped_scores(score, inputs, rows_hidden, src, vision, step, show_progress)
+        out = torch.full((b, v), float("nan"), device=inputs.device)
+        out[valid.to(inputs.device)] = values
+        return out
     for start in tqdm(range(0, n, step), desc="CCI", disable=not show_progress):
         rows = slice(start, start + step)
         idx = src[rows]
@@ -120,6 +131,34 @@ def variant_scores(
     out = torch.full((b, v), float("nan"), device=inputs.device)
     out[valid.to(inputs.device)] = values
     return out
+
+
+def _dropped_scores(
+    score: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    rows_hidden: Tensor,
+    src: Tensor,
+    vision: VisionTower,
+    step: int,
+    show_progress: bool,
+) -> Tensor:
+    """Scores of masked rows run on their kept patches, grouped by the number kept."""
+    n_keep = (~rows_hidden).sum(1)
+    values = torch.empty(rows_hidden.shape[0], device=inputs.device)
+    counts = torch.unique(n_keep).tolist()
+    for count in tqdm(counts, desc="CCI", disable=not show_progress):
+        rows = (n_keep == count).nonzero().flatten()
+        for start in range(0, rows.shape[0], step):
+            part = rows[start : start + step]
+            idx = src[part]
+            if count == 0:  # nothing kept: masking defines the empty pooling
+                with vision.hide_patches(rows_hidden[part]):
+                    values[part] = score(inputs[idx], idx)
+                continue
+            keep = (~rows_hidden[part]).nonzero()[:, 1].reshape(part.shape[0], count)
+            with vision.keep_patches(keep):
+                values[part] = score(inputs[idx], idx)
+    return values
 
 
 def _grid(p: int, grid: tuple[int, int] | None) -> tuple[int, int]:

@@ -15,7 +15,17 @@ estimator                 value of region ``k``                  rows (incl. unm
 ``"shapley"``             exact Shapley value                    ``2^K``
 ``"banzhaf"``             exact Banzhaf value                    ``2^K``
 ``"sampled_shapley"``     permutation-sampling Shapley           ``<= budget + 1``
+``"owen"``                Owen value of a two-level region tree  ``<= budget + 1``
 ========================= ===================================== ======================
+
+**Owen values** (``"owen"``): the regions are the leaves of a two-level tree (``groups``:
+a group id per region, e.g. CCI's k-means regions grouped again by k-means on their
+centroids); Shapley within a group, the other groups entering as whole coalitions with
+their own Shapley weights (SHAP's partition explainer is the many-level relative). They
+are efficient, reduce to Shapley values for a one-level tree (every region its own group,
+or one group of all), and are the mean marginal contribution over orders in which every
+group's regions come together -- which is how they are sampled within ``budget``
+(antithetic pairs of such orders; ``budget=None`` enumerates them exactly, K <= 10).
 
 Exact Shapley values satisfy *efficiency*: ``sum_k phi_k = v(N) - v(∅)``; so does every
 permutation sample (each permutation's marginal contributions telescope).
@@ -33,6 +43,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "BUDGETED",
+    "DEFAULT_BUDGET",
     "ESTIMATORS",
     "MAX_EXACT_K",
     "CoalitionPlan",
@@ -42,7 +54,11 @@ __all__ = [
     "plan",
 ]
 
-ESTIMATORS = ("occlusion", "sufficiency", "shapley", "banzhaf", "sampled_shapley")
+ESTIMATORS = ("occlusion", "sufficiency", "shapley", "banzhaf", "sampled_shapley", "owen")
+#: Estimators whose cost is set by ``budget`` (masked forwards per image).
+BUDGETED = ("sampled_shapley", "owen")
+#: Their default budget: 63 masked rows + the unmasked image = 64 forwards per image.
+DEFAULT_BUDGET = 63
 #: Largest K of the exact estimators (2^10 = 1024 rows per image).
 MAX_EXACT_K = 10
 #: Cap on the antithetic permutation pairs of ``"sampled_shapley"`` (reached only when
@@ -86,10 +102,15 @@ def _check(estimator: str, k: int, budget: int | None) -> None:
             f"estimator={estimator!r} enumerates all 2^K coalitions and allows K <= "
             f"{MAX_EXACT_K}, got K={k}; use estimator='sampled_shapley' with a budget"
         )
-    if estimator == "sampled_shapley":
+    if estimator == "owen" and budget is None and k > MAX_EXACT_K:
+        raise ValueError(
+            f"exact Owen values (budget=None) enumerate the coalitions and allow K <= "
+            f"{MAX_EXACT_K}, got K={k}; give a budget"
+        )
+    if estimator == "sampled_shapley" or (estimator == "owen" and budget is not None):
         if isinstance(budget, bool) or not isinstance(budget, int):
             raise ValueError(
-                f"estimator='sampled_shapley' needs budget= (an int, masked forwards per "
+                f"estimator={estimator!r} needs budget= (an int, masked forwards per "
                 f"image), got {budget!r}"
             )
         if budget < max(1, k):
@@ -134,7 +155,10 @@ def _exact(estimator: str, k: int) -> CoalitionPlan:
 
 
 def _sampled(k: int, budget: int, seed: int) -> CoalitionPlan:
-    """Antithetic permutation pairs while the distinct masked rows stay within budget."""
+    """Antithetic permutation pairs while the distinct masked rows stay within budget; the
+    exact values where all coalitions fit."""
+    if k <= MAX_EXACT_K and (1 << k) - 1 <= budget:
+        return _exact("shapley", k)
     full = (1 << k) - 1
     g = torch.Generator().manual_seed(int(seed))
     seen: set[int] = {full}
@@ -155,7 +179,51 @@ def _sampled(k: int, budget: int, seed: int) -> CoalitionPlan:
             break
         seen |= new
         walks.extend(pair)
-    cols: dict[int, list[tuple[int, float]]] = {full: []}
+    return _walks_plan(k, walks)
+
+
+def _check_groups(groups: Any, k: int) -> tuple[int, ...]:
+    if groups is None:
+        return tuple(range(k))
+    g = tuple(int(x) for x in groups)
+    if len(g) != k or min(g, default=0) < 0:
+        raise ValueError(
+            f"groups must give a group id >= 0 for each of the {k} regions, got {groups!r}"
+        )
+    return g
+
+
+def _owen_exact(k: int, groups: tuple[int, ...]) -> CoalitionPlan:
+    """Owen weights by enumeration: for region j in group g, coalitions T of whole other
+    groups (Shapley weights among the groups) times subsets S of g without j (Shapley
+    weights inside g)."""
+    fact = math.factorial
+    ids = sorted(set(groups))
+    members = {gid: [j for j in range(k) if groups[j] == gid] for gid in ids}
+    m = len(ids)
+    cols: dict[int, list[tuple[int, float]]] = {(1 << k) - 1: []}
+    for gid in ids:
+        others = [h for h in ids if h != gid]
+        inner = members[gid]
+        n_in = len(inner)
+        for t_bits in range(1 << len(others)):
+            t = [others[i] for i in range(len(others)) if (t_bits >> i) & 1]
+            w_top = fact(len(t)) * fact(m - len(t) - 1) / fact(m)
+            t_mask = sum(1 << j for h in t for j in members[h])
+            for j in inner:
+                rest = [i for i in inner if i != j]
+                for s_bits in range(1 << len(rest)):
+                    s_set = [rest[i] for i in range(len(rest)) if (s_bits >> i) & 1]
+                    w = w_top * fact(len(s_set)) * fact(n_in - len(s_set) - 1) / fact(n_in)
+                    mask = t_mask | sum(1 << i for i in s_set)
+                    _add(cols, mask | (1 << j), j, w)
+                    _add(cols, mask, j, -w)
+    return _assemble(k, cols, 0)
+
+
+def _walks_plan(k: int, walks: list[list[int]]) -> CoalitionPlan:
+    """Plan averaging the marginal contributions along the orders ``walks``."""
+    cols: dict[int, list[tuple[int, float]]] = {(1 << k) - 1: []}
     w = 1.0 / len(walks)
     for p in walks:
         mask = 0
@@ -166,9 +234,47 @@ def _sampled(k: int, budget: int, seed: int) -> CoalitionPlan:
     return _assemble(k, cols, len(walks))
 
 
-@lru_cache(maxsize=64)
-def _cached(estimator: str, k: int, budget: int | None, seed: int) -> CoalitionPlan:
+def _owen_sampled(k: int, budget: int, seed: int, groups: tuple[int, ...]) -> CoalitionPlan:
+    """Antithetic pairs of hierarchy-consistent orders (groups in a random order, each
+    group's regions together in a random order) while the distinct rows fit ``budget``;
+    the exact values where all the coalitions they need fit."""
+    if k <= MAX_EXACT_K and (exact := _owen_exact(k, groups)).n_rows <= budget:
+        return exact
+    g = torch.Generator().manual_seed(int(seed))
+    ids = sorted(set(groups))
+    members = [[j for j in range(k) if groups[j] == gid] for gid in ids]
+    seen: set[int] = {(1 << k) - 1}
+    walks: list[list[int]] = []
+    for _ in range(MAX_PERMUTATION_PAIRS):
+        order = torch.randperm(len(ids), generator=g).tolist()
+        perm = [members[o][i] for o in order for i in torch.randperm(len(members[o]), generator=g)]
+        pair = [perm, perm[::-1]]
+        new = set()
+        for p in pair:
+            mask = 0
+            new.add(mask)
+            for j in p:
+                mask |= 1 << j
+                new.add(mask)
+        if len(seen | new) - 1 > budget:
+            if not walks:
+                walks.append(perm)
+            break
+        seen |= new
+        walks.extend(pair)
+    return _walks_plan(k, walks)
+
+
+@lru_cache(maxsize=4096)
+def _cached(
+    estimator: str, k: int, budget: int | None, seed: int, groups: tuple[int, ...] | None = None
+) -> CoalitionPlan:
     full = (1 << k) - 1
+    if estimator == "owen":
+        groups = _check_groups(groups, k)
+        if budget is None:
+            return _owen_exact(k, groups)
+        return _owen_sampled(k, budget, seed, groups)
     if estimator == "occlusion":
         cols = {full: [(j, 1.0) for j in range(k)]}
         for j in range(k):
@@ -185,7 +291,9 @@ def _cached(estimator: str, k: int, budget: int | None, seed: int) -> CoalitionP
     return _sampled(k, int(budget), seed)
 
 
-def plan(estimator: str, k: int, budget: int | None = None, seed: int = 0) -> CoalitionPlan:
+def plan(
+    estimator: str, k: int, budget: int | None = None, seed: int = 0, groups: Any = None
+) -> CoalitionPlan:
     """The coalitions and weights of ``estimator`` for ``k`` regions.
 
     Args:
@@ -196,11 +304,16 @@ def plan(estimator: str, k: int, budget: int | None = None, seed: int = 0) -> Co
             and its reverse) are added while their distinct coalitions fit; at least one
             permutation is used, so ``budget >= k`` is required.
         seed: Seed of the permutations (the same permutations for every image).
+        groups: ``"owen"`` only: a group id per region (the tree's first level; default:
+            every region its own group, i.e. Shapley values). ``"owen"`` with
+            ``budget=None`` is exact (K <= 10).
 
     Returns:
         A :class:`CoalitionPlan` (cached: do not modify its tensors).
     """
     _check(estimator, k, budget)
+    if estimator == "owen":
+        return _cached(estimator, k, budget, int(seed), _check_groups(groups, k))
     return _cached(estimator, k, budget if estimator == "sampled_shapley" else None, int(seed))
 
 
@@ -210,18 +323,19 @@ def estimate(
     value: Callable[[Tensor], Tensor],
     budget: int | None = None,
     seed: int = 0,
+    groups: Any = None,
 ) -> Tensor:
     """Region values of a game given as a function of hidden sets.
 
     Args:
-        estimator, k, budget, seed: See :func:`plan`.
+        estimator, k, budget, seed, groups: See :func:`plan`.
         value: ``hidden (R, K) bool -> (R,)`` values (True = region hidden), called once
             with every coalition of the plan (row 0 hides nothing).
 
     Returns:
         ``(K,)`` region values.
     """
-    p = plan(estimator, k, budget, seed)
+    p = plan(estimator, k, budget, seed, groups)
     values = torch.as_tensor(value(p.hidden.clone()))
     if values.shape != (p.hidden.shape[0],):
         raise ValueError(

@@ -34,7 +34,7 @@ from captum_clip._validate import check_batch_size, check_images, check_target
 from captum_clip.attr import _regions
 from captum_clip.attr._cci_result import CCIResult
 from captum_clip.attr._kmeans import batched_kmeans, sklearn_labels
-from captum_clip.attr._region_games import game_values, user_partition
+from captum_clip.attr._region_games import game_values, leaf_groups, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
 from captum_clip.attr._regions import check_n_clusters, normalize_values
 from captum_clip.metrics._common import expand_args, make_baseline
@@ -64,6 +64,8 @@ class CCI(PerturbationAttribution):
         layer: Block (ViT) or stage (convolutional tower) whose output is clustered
             (default the last).
         n_clusters: K, or a sequence of K (multi-K ensemble: the maps are averaged).
+            Default: 16 for the budgeted estimators (``"owen"``, ``"sampled_shapley"``)
+            with a budget, 7 otherwise.
         mask_mode: ``"auto"`` (default: ``"attention"`` on a ViT tower, ``"pixel"`` on any
             other tower or with ``grid_layer``), ``"attention"`` (hide patch keys in every
             attention layer; ViTs) or ``"pixel"`` (replace the cluster's pixels by
@@ -82,9 +84,15 @@ class CCI(PerturbationAttribution):
             hidden; K+1 forwards per image), ``"sufficiency"`` (score with only k
             visible minus score with nothing visible; K+2), ``"shapley"`` / ``"banzhaf"``
             (exact, all 2^K coalitions, K <= 10) or ``"sampled_shapley"`` (antithetic
-            permutation sampling within ``budget``). All rows of all images run as one
-            batched masked forward.
-        budget: ``"sampled_shapley"`` only: masked forwards per image (>= K).
+            permutation sampling within ``budget``) or ``"owen"`` (Owen values of a
+            two-level cluster tree: the K regions grouped again by k-means into
+            ``n_groups``; sampled within ``budget``). All rows of all images run as one
+            batched masked forward (on attention towers each row on its kept patches).
+        budget: ``"sampled_shapley"`` / ``"owen"`` only: masked forwards per image (>= K;
+            default 63, i.e. 64 forwards per image with the unmasked one; ``"owen"`` with
+            an explicit None is exact, K <= 10).
+        n_groups: ``"owen"`` only: groups of the tree's first level (default
+            ``round(sqrt(K))``).
         grid_layer: A module of the vision tower whose output is the ``(B, C, h, w)``
             feature map to cluster (pixel mode), as Captum's ``LayerGradCam`` takes a
             layer; needed for towers that are neither ViTs nor known convolutional towers
@@ -97,7 +105,7 @@ class CCI(PerturbationAttribution):
         forward_func: Callable,
         vision_model: Any = None,
         layer: int = -1,
-        n_clusters: int | Sequence[int] = DEFAULT_N_CLUSTERS,
+        n_clusters: int | Sequence[int] | None = None,
         mask_mode: str = "auto",
         normalize: str | None = "abs",
         upsample: str = "nearest",
@@ -105,9 +113,10 @@ class CCI(PerturbationAttribution):
         random_state: int = 0,
         score: str = "logit",
         estimator: str = "occlusion",
-        budget: int | None = None,
+        budget: int | None | str = "default",
         grid_layer: nn.Module | None = None,
         channels_last: bool = False,
+        n_groups: int | None = None,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
@@ -126,6 +135,11 @@ class CCI(PerturbationAttribution):
             mask_mode = "attention" if self.vision.is_vit else "pixel"
         self.layer = layer
         self.vision.block_index(layer)  # validates
+        if n_clusters is None:
+            sampled = estimator in _regions.BUDGETED and budget is not None
+            n_clusters = 16 if sampled else DEFAULT_N_CLUSTERS
+            if self.vision.is_vit:
+                n_clusters = min(n_clusters, self.vision.n_patches)
         self.n_clusters = check_n_clusters(n_clusters)
         for name, value, allowed in (
             ("normalize", normalize, NORMALIZATIONS),
@@ -154,14 +168,25 @@ class CCI(PerturbationAttribution):
         self.clusterer = clusterer
         self.random_state = random_state
         self.score = score
-        if budget is not None and estimator != "sampled_shapley":
+        if isinstance(budget, str) and budget == "default":
+            budget = _regions.DEFAULT_BUDGET if estimator in _regions.BUDGETED else None
+        elif budget is not None and estimator not in _regions.BUDGETED:
             raise ValueError(
-                f"budget is only used by estimator='sampled_shapley', got {estimator!r}"
+                f"budget is only used by estimators {_regions.BUDGETED}, got {estimator!r}"
+            )
+        if n_groups is not None and (
+            estimator != "owen" or isinstance(n_groups, bool) or not isinstance(n_groups, int)
+            or n_groups < 1
+        ):  # fmt: skip
+            raise ValueError(
+                f"n_groups is an int >= 1 for estimator='owen', got {n_groups!r} with "
+                f"estimator={estimator!r}"
             )
         for k in self.n_clusters:  # validates estimator, K and budget
             _regions.plan(estimator, k, budget, random_state)
         self.estimator = estimator
         self.budget = budget
+        self.n_groups = n_groups
 
     @classmethod
     def default_for(
@@ -271,8 +296,8 @@ class CCI(PerturbationAttribution):
         hidden = torch.cat([m[0] for m in masks], 1)
         valid = torch.cat([m[1] for m in masks], 1)
         s = self._variant_scores(
-            inputs, args, tgt, hidden, valid, grid, baselines, ibs, show_progress
-        )
+            inputs, args, tgt, hidden, valid, grid, baselines, ibs, show_progress, drop=False
+        )  # the paper's leave-one-out: masked, one batched forward
         return list(s.split(list(self.n_clusters), 1))
 
     def _variant_scores(
@@ -286,6 +311,7 @@ class CCI(PerturbationAttribution):
         baselines: Any = None,
         ibs: int | None = None,
         show_progress: bool = False,
+        drop: bool | None = None,
     ) -> Tensor:
         """``(B, V)`` target scores of masked variants (NaN where not ``valid``).
 
@@ -294,6 +320,8 @@ class CCI(PerturbationAttribution):
                 :func:`~captum_clip.attr._region_scores.region_hidden` for region sets).
             valid: ``(B, V)`` bool, the variants to run.
             grid: ``(h, w)`` patch grid of ``hidden`` (pixel mode).
+            drop: Attention mode: run rows on their kept patches (default: where the
+                tower can, :func:`~captum_clip.attr._region_scores.variant_scores`).
             Others: as in :meth:`attribute`; ``tgt`` from :meth:`_targets`.
         """
         b = inputs.shape[0]
@@ -303,7 +331,7 @@ class CCI(PerturbationAttribution):
             return self._select(out, None if tgt is None else tgt[src])
 
         if self.mask_mode == "attention":
-            kw: dict[str, Any] = {"vision": self.vision}
+            kw: dict[str, Any] = {"vision": self.vision, "drop": drop}
         else:
             fill = make_baseline(0.0 if baselines is None else baselines, inputs)
             kw = {"fill": fill, "grid": grid}
@@ -381,6 +409,13 @@ class CCI(PerturbationAttribution):
                 ks = (int(clusters[0][1].max()),)
             else:
                 clusters = [self._cluster(feats, k) for k in self.n_clusters]
+            groups = None
+            if self.estimator == "owen" and (regions is None or self.mask_mode == "attention"):
+                flat = feats.reshape(feats.shape[0], -1, feats.shape[-1])
+                groups = [
+                    leaf_groups(flat, lab, n, self.n_groups or round(k**0.5), self.random_state)
+                    for (lab, n), k in zip(clusters, ks)
+                ]
             if self.estimator == "occlusion" and regions is None:
                 scores = self._scores(
                     inputs, args, tgt, clusters, grid, baselines, internal_batch_size,
@@ -393,7 +428,7 @@ class CCI(PerturbationAttribution):
                         inputs, args, tgt, hidden, valid, grid, baselines,
                         internal_batch_size, show_progress,
                     ),
-                    base, clusters, ks, self.estimator, self.budget, self.random_state,
+                    base, clusters, ks, self.estimator, self.budget, self.random_state, groups,
                 )  # fmt: skip
         all_labels = [labels.reshape(-1, *grid) for labels, _ in clusters]
         results = []

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_clip._hooks import HookManager
 from captum_clip.models.blocks import BlockStack, BlockTrace, BlockView, RowPath, row_path
 
 __all__ = ["TextTower", "VisionTower", "ViTTower", "check_index"]
@@ -221,6 +222,77 @@ class ViTTower(VisionTower):
                 f"hidden must be a (B, {self.n_patches}) bool tensor, got "
                 f"{tuple(hidden.shape)} {hidden.dtype}"
             )
+
+    #: :meth:`keep_patches` gives exactly the output of :meth:`hide_patches` on this tower
+    #: (proven per adapter in ``tests/test_region_drop.py``); False: callers mask instead.
+    can_drop: bool = False
+
+    def check_keep(self, keep: Tensor) -> None:
+        """The ``keep`` argument of :meth:`keep_patches`: ``(B, n_keep)`` long, ``n_keep >= 1``
+        distinct patch indices per row."""
+        if keep.dtype != torch.long or keep.ndim != 2 or not 1 <= keep.shape[1] <= self.n_patches:
+            raise ValueError(
+                f"keep must be a (B, n_keep) long tensor of patch indices with 1 <= n_keep <= "
+                f"{self.n_patches}, got {tuple(keep.shape)} {keep.dtype}"
+            )
+        if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= self.n_patches):
+            raise ValueError(f"patch indices in keep must be in [0, {self.n_patches})")
+
+    def _gather_tokens(self, x: Tensor, keep: Tensor, batch_dim: int = 0) -> Tensor:
+        """The prefix tokens and the kept patch tokens of hidden states ``x``."""
+        if batch_dim == 1:
+            return self._gather_tokens(x.transpose(0, 1), keep).transpose(0, 1)
+        self.check_batch(x.shape[0], keep.shape[0])
+        if x.shape[1] != self.n_prefix + self.n_patches:
+            raise ValueError(
+                f"keep_patches expected {self.n_prefix + self.n_patches} tokens at the first "
+                f"block, got {x.shape[1]}"
+            )
+        idx = keep.to(x.device) + self.n_prefix
+        prefix = torch.arange(self.n_prefix, device=x.device).expand(keep.shape[0], -1)
+        idx = torch.cat([prefix, idx], 1)
+        return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[-1]))
+
+    @contextmanager
+    def keep_patches(self, keep: Tensor) -> Iterator[None]:
+        """Run the tower on the prefix tokens and the patches ``keep`` only (the others are
+        dropped after the embedding, positions included) while the context is open.
+
+        For the attention towers whose ``can_drop`` is True this gives the same output as
+        :meth:`hide_patches` with every other patch hidden: a hidden patch is never read by
+        a kept token or by the pooling, so dropping it changes nothing kept, and a row
+        showing half the image costs about half a forward.
+
+        Args:
+            keep: ``(B, n_keep)`` long patch indices (row-major grid), the same number for
+                every example of the next forward, whose batch must be B.
+        """
+        self.check_keep(keep)
+        if not self.can_drop:
+            raise ValueError(
+                f"{type(self).__name__} cannot drop patches (not proven equal to masking); "
+                "use hide_patches"
+            )
+        batch_dim = 0 if self.batch_first else 1
+
+        def gather(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            masks = [a for a in args[1:] if isinstance(a, Tensor)]
+            masks += [v for k, v in kwargs.items() if "mask" in k and isinstance(v, Tensor)]
+            if masks:
+                raise ValueError("keep_patches needs blocks called without an attention mask")
+            if args:
+                return (self._gather_tokens(args[0], keep, batch_dim), *args[1:]), kwargs
+            name = next(k for k in ("x", "q_x", "hidden_states") if k in kwargs)
+            kwargs[name] = self._gather_tokens(kwargs[name], keep, batch_dim)
+            return args, kwargs
+
+        with HookManager() as hooks:
+            hooks.forward_pre(self.blocks[0], gather, with_kwargs=True)
+            self._keep_extra(hooks, keep)
+            yield
+
+    def _keep_extra(self, hooks: Any, keep: Tensor) -> None:
+        """Adapter hook for :meth:`keep_patches` beyond dropping tokens (RoPE tables)."""
 
     @staticmethod
     def check_batch(received: int, expected: int) -> None:

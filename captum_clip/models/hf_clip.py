@@ -70,6 +70,9 @@ class HFClipVision(ViTTower):
     def pool_type(self) -> str:
         return "tok"
 
+    #: Dropping = masking: the pooled class token reads no hidden patch.
+    can_drop = True
+
     @property
     def guarded(self) -> list[nn.Module]:
         return [self.module, self.clip]

@@ -112,6 +112,12 @@ class HFSiglipVision(ViTTower):
     def guarded(self) -> list[nn.Module]:
         return [self.module, self.clip]
 
+    @property
+    def can_drop(self) -> bool:  # type: ignore[override]
+        """Dropping = masking (the MAP head reads the kept tokens only); not for SigLIP 2,
+        whose layers and head take a pixel attention mask of the full grid."""
+        return not self.naflex
+
     def __call__(self, images: Tensor) -> Tensor:
         return self.head(self.run_blocks(self.embed(images), 0, self.n_blocks))
 
@@ -181,9 +187,11 @@ class HFSiglipVision(ViTTower):
             if self._pool_hidden is not None:
                 hide = self._pool_hidden.to(x.device)
                 drop = hide if drop is None else drop | hide
-            if drop is not None:
-                logits = logits.masked_fill(drop[:, None, None, :], float("-inf"))
             probs = logits.softmax(dim=-1)
+            if drop is not None:  # no key left: the empty sum (probabilities 0), not NaN
+                logits = logits.masked_fill(drop[:, None, None, :], float("-inf"))
+                none = drop.all(-1)[:, None, None, None]
+                probs = logits.masked_fill(none, 0.0).softmax(dim=-1).masked_fill(none, 0.0)
             context = (probs @ v).transpose(1, 2).reshape(b, 1, d)
             out = a.out_proj(context)
             out = (out + head.mlp(head.layernorm(out)))[:, 0]
@@ -214,18 +222,32 @@ class HFSiglipVision(ViTTower):
                 kwargs["attention_mask"] = m if current is None else current + m
             return args, kwargs
 
+        empty = hidden.all(1)  # every patch hidden: the head reads no key
+
         def inject_pool(module, args, kwargs):
             keys = args[1] if len(args) > 1 else kwargs["key"]
             self.check_batch(keys.shape[0], b)
             current = kwargs.get("key_padding_mask")
-            hide = hidden.to(keys.device)
+            hide = hidden.to(keys.device) & ~empty.to(keys.device)[:, None]  # no NaN rows
             kwargs["key_padding_mask"] = hide if current is None else current.bool() | hide
             return args, kwargs
+
+        def empty_pool(module, args, out):
+            # the attention over no key is the empty sum: 0, so only out_proj's bias remains
+            # (the same convention as the timm adapter's MAP pooler)
+            if not empty.any():
+                return out
+            att = out[0] if isinstance(out, tuple) else out
+            bias = module.out_proj.bias
+            fill = att.new_zeros(att.shape[-1]) if bias is None else bias.to(att.dtype)
+            att = torch.where(empty.to(att.device)[:, None, None], fill, att)
+            return (att, *out[1:]) if isinstance(out, tuple) else att
 
         with HookManager() as hooks:
             for block in self.blocks:
                 hooks.forward_pre(block, inject, with_kwargs=True)
             hooks.forward_pre(self.module.head.attention, inject_pool, with_kwargs=True)
+            hooks.forward(self.module.head.attention, empty_pool)
             self._pool_hidden = hidden
             try:
                 yield

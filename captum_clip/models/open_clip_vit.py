@@ -95,6 +95,9 @@ class OpenClipViT(ViTTower):
         return getattr(self.module, "pool_type", "tok")
 
     pool_prefix = 1  # the attention pooler reads the class token too
+    #: Dropping = masking: class-token, mean (of the kept patches) and CoCa pooling read
+    #: no hidden patch (``tests/test_region_drop.py``).
+    can_drop = True
 
     def _check_pooler(self) -> None:
         m = self.module

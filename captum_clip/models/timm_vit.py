@@ -218,6 +218,31 @@ class TimmViT(ViTTower):
             row.rope, row.rope_half = torch.cat([pad, table]), view.rope_half
         return row
 
+    @property
+    def can_drop(self) -> bool:  # type: ignore[override]
+        """Dropping = masking for token / avg / MAP pooling (RoPE: per-block tables not
+        mixed; the kept patches keep their rotations)."""
+        return self.pool_type != "unknown" and not getattr(self.trunk, "rope_mixed", False)
+
+    def _keep_extra(self, hooks: HookManager, keep: Tensor) -> None:
+        """With RoPE every block gets the kept patches' rows of its table, per example."""
+        if not self.is_eva:
+            return
+
+        def rope(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+            table = kwargs.get("rope")
+            if table is None or len(args) > 1:
+                raise ValueError("keep_patches needs the Eva blocks' rope passed by keyword")
+            if table.ndim != 2 or table.shape[0] != self.n_patches:
+                raise ValueError(
+                    f"expected a ({self.n_patches}, dim) RoPE table, got {tuple(table.shape)}"
+                )
+            kwargs["rope"] = table[keep.to(table.device)][:, None]  # (B, 1, n_keep, dim)
+            return args, kwargs
+
+        for block in self.blocks:
+            hooks.forward_pre(block, rope, with_kwargs=True)
+
     # -- tracing and hiding ---------------------------------------------------------------
 
     def trace_pool(self, hooks: HookManager) -> dict[str, BlockTrace]:

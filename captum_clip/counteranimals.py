@@ -146,7 +146,7 @@ class CounterAnimals(Dataset):
         return [self.label(i) for i in range(len(self))]
 
     def __getitem__(self, i: int) -> tuple[Any, int, str]:
-        from captum_clip._images import read_image
+        from captum_clip.storage import read_image
 
         s = self.samples[i]
         image = read_image(s.path)

@@ -92,7 +92,7 @@ class CaptionGallery:
         Raises:
             ValueError: An image cannot be read (the message names the file).
         """
-        from captum_clip._images import read_image
+        from captum_clip.storage import read_image
 
         out = []
         for i in indices:

@@ -155,7 +155,7 @@ def _bad_images(tmp_path):
 def test_read_image(tmp_path):
     from PIL import Image
 
-    from captum_clip._images import read_image
+    from captum_clip.storage import read_image
 
     folder, text, trunc = _bad_images(tmp_path)
     with pytest.raises(ValueError, match=r"cannot read image '.*b_text.png': not an image format"):

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from captum_clip.benchmark import _parts
 from captum_clip.benchmark.methods import MethodSettings, build_method
 from captum_clip.benchmark.retrieval import (
     CaptionSetSimilarity,
@@ -17,6 +16,7 @@ from captum_clip.benchmark.retrieval import (
 )
 from captum_clip.cli import main as cli_main
 from captum_clip.datasets import load_captions
+from captum_clip.storage import state_dict_digest
 from captum_clip.testbed import load_testbed
 from captum_clip.testbed.captions import write_caption_gallery
 
@@ -154,11 +154,11 @@ def test_limit_reuses_parts_and_identity_ignores_ks(gallery, tmp_path):
 
 def test_fingerprint_is_exact():
     model, _, _ = load_testbed("default")
-    f = _parts.fingerprint_model(model)
-    assert f == _parts.fingerprint_model(load_testbed("default")[0])
+    f = state_dict_digest(model)
+    assert f == state_dict_digest(load_testbed("default")[0])
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1e-7
-    assert _parts.fingerprint_model(model) != f
+    assert state_dict_digest(model) != f
 
 
 def test_bad_arguments(gallery, tmp_path):

@@ -13,7 +13,6 @@ from PIL import Image
 
 from captum_clip import covar
 from captum_clip.cli import main as cli_main
-from captum_clip.covar._io import find_table, write_table
 from captum_clip.covar.build import MANIFEST_COLUMNS, _background_canvas
 from captum_clip.covar.transforms import (
     TRANSFORMS,
@@ -21,6 +20,7 @@ from captum_clip.covar.transforms import (
     transform_params,
     warp_foreground,
 )
+from captum_clip.storage import find_table, write_table
 
 CLASSES = ["dots", "horizontal stripes"]
 
@@ -271,7 +271,7 @@ def test_folder_sources_and_cli(tmp_path):
 
 
 def test_csv_manifest_without_pyarrow(tmp_path, monkeypatch):
-    import captum_clip._tables as io
+    import captum_clip.storage.files as io
 
     monkeypatch.setattr(io, "has_parquet", lambda: False)
     inst, bgs = _sources()

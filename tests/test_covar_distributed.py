@@ -13,8 +13,8 @@ import torch
 
 from captum_clip import covar
 from captum_clip.cli import main as cli_main
-from captum_clip.covar._io import find_table, read_table
 from captum_clip.covar.distributed import init_from_env, shard
+from captum_clip.storage import find_table, read_table
 from captum_clip.testbed import zoo
 
 

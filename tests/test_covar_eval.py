@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import captum_clip._resumable as rs
 import captum_clip.diagnosis as diagnosis_mod
+import captum_clip.storage.tables as rs
 from captum_clip import covar
 from captum_clip.cli import main as cli_main
 from captum_clip.covar._models import TESTBED_TEMPLATES, ModelEntry, resolve_model

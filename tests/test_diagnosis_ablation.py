@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captum_clip._region_ablation import object_patches, region_effects
 from captum_clip.diagnosis import REGION_ABLATION, causal_agreement, diagnose
+from captum_clip.diagnosis.region_ablation import object_patches, region_effects
 from captum_clip.models import ClipClassifier
 
 CLASSES = ["cat", "dog", "car"]

@@ -96,3 +96,56 @@ def test_the_graph_sees_lazy_imports():
 
 def test_no_import_circles():
     assert cycles(import_graph()) == []
+
+
+# The floors of the house, lowest first (docs/layout.md draws them). A module may import
+# its own floor and the floors below, never a floor above.
+FLOORS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("shared helpers", frozenset({"_hooks", "_validate", "_version", "storage"})),
+    ("models", frozenset({"models", "testbed"})),
+    ("measures", frozenset({"metrics", "viz"})),
+    ("attributions", frozenset({"attr"})),
+    (
+        "analyses",
+        frozenset({"diagnosis", "grounding", "masks", "covar", "counteranimals", "datasets"}),
+    ),  # fmt: skip
+    ("benchmarks", frozenset({"benchmark"})),
+    ("interface", frozenset({"commands", "cli", "__main__", ""})),
+)
+
+
+def floor_of(module: str) -> int:
+    """Index in :data:`FLOORS` of ``captum_clip.<entry>...`` (``""``: the package root)."""
+    entry = module.split(".")[1] if "." in module else ""
+    for i, (_, entries) in enumerate(FLOORS):
+        if entry in entries:
+            return i
+    raise AssertionError(f"{module}: {entry!r} is on no floor of FLOORS; add it (docs/layout.md)")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{a} ({FLOORS[floor_of(a)][0]}) -> {b} ({FLOORS[floor_of(b)][0]})"
+        for a, targets in graph.items()
+        for b in targets
+        if floor_of(b) > floor_of(a)
+    )
+
+
+def test_floors_catch_an_upward_import():
+    fake = {"captum_clip.metrics.x": {"captum_clip.attr.y"}, "captum_clip.attr.y": set()}
+    assert upward_imports(fake) == [
+        "captum_clip.metrics.x (measures) -> captum_clip.attr.y (attributions)"
+    ]
+
+
+def test_no_upward_imports():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_root_shows_subsystems_and_at_most_four_private_helpers():
+    entries = {p.stem for p in ROOT.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    private = sorted(e for e in entries if e.startswith("_") and not e.startswith("__"))
+    assert len(private) <= 4, private
+    on_floors = set().union(*(f for _, f in FLOORS)) - {""}
+    assert entries - {"__init__"} == on_floors  # every entry is on a floor, no floor is stale

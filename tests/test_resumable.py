@@ -13,15 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import captum_clip._resumable as rs
-from captum_clip._resumable import (
+import captum_clip.storage.tables as rs
+from captum_clip.storage import (
     CorruptTableError,
     OutputBusyError,
     ResumableTable,
     TableSchema,
+    find_table,
     group_dir_name,
+    write_table,
 )
-from captum_clip._tables import find_table, write_table
 
 SCHEMA = TableSchema(
     columns=("model", "item", "score", "kind"),
@@ -175,12 +176,12 @@ def test_lock_timeout_raises_clear_error(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, types
-    # captum_clip._resumable needs only pandas: skip the package __init__ (torch) to start fast
+    # captum_clip.storage needs only pandas: skip the package __init__ (torch) to start fast
     pkg = types.ModuleType("captum_clip")
     pkg.__path__ = [sys.argv[3]]
     sys.modules["captum_clip"] = pkg
     import pandas as pd
-    from captum_clip._resumable import ResumableTable, TableSchema
+    from captum_clip.storage import ResumableTable, TableSchema
 
     out, model = sys.argv[1], sys.argv[2]
     schema = TableSchema(columns=("model", "item", "score", "kind"), key=("model", "item"),

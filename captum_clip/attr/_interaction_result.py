@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from captum_clip.attr._phrases import phrase_positions
 
 __all__ = ["InteractionResult"]
 
@@ -53,14 +56,19 @@ class InteractionResult:
         return self.score - r[:, 0] - r[:, 1] + r[:, 2]
 
     def token_indices(self, span: Any, pair: int = 0) -> list[int]:
-        """Positions for ``span``: an int, a slice, a list of ints, or a word (all matching tokens)."""
+        """Positions for ``span``: an int, a slice, a list of ints, or a word or phrase.
+
+        A string selects every run of tokens that spells it (``"vertical stripes"``: both
+        tokens; every occurrence; case and sub-word markers ignored -- the one rule of
+        :func:`~captum_clip.attr._phrases.phrase_positions`).
+
+        Raises:
+            ValueError: No run of tokens spells the phrase (message lists the tokens), or
+                positions outside ``[-S, S)``.
+        """
         n = self.attributions.shape[1]
         if isinstance(span, str):
-            word = span.strip().lower()
-            idx = [i for i, t in enumerate(self.tokens[pair]) if t.strip().lower() == word]
-            if not idx:
-                raise ValueError(f"no token {span!r} in {self.tokens[pair]}")
-            return idx
+            return phrase_positions(self.tokens[pair], span)
         if isinstance(span, slice):
             return list(range(n))[span]
         items = [span] if isinstance(span, int) else list(span)
@@ -75,7 +83,7 @@ class InteractionResult:
         """Patch map ``(h, w)`` of the rows in ``token_span`` (all tokens if None).
 
         Args:
-            token_span: See :meth:`token_indices`.
+            token_span: See :meth:`token_indices`; a phrase's map is the sum of its tokens'.
             pair: Which pair of the batch.
             size: ``(H, W)`` (or ``True`` for the input image size) to upsample bilinearly.
         """
@@ -94,7 +102,11 @@ class InteractionResult:
         ]
 
     def token_scores(
-        self, region: Tensor | None = None, pair: int = 0, include_cls: bool = False
+        self,
+        region: Tensor | None = None,
+        pair: int = 0,
+        include_cls: bool = False,
+        words: Sequence[Any] | None = None,
     ) -> Tensor:
         """Per-token sums ``(n,)`` of the columns inside ``region``, for the caption's tokens.
 
@@ -106,6 +118,9 @@ class InteractionResult:
                 (reduced to patches by the fraction of each patch inside). None = all patches.
             pair: Which pair of the batch.
             include_cls: Also count the CLS column.
+            words: Instead of every token, one score per entry: the sum over the positions
+                :meth:`token_indices` gives for it (words, phrases, ints, slices, lists);
+                the result is then ``(len(words),)``.
         """
         a = self.attributions[pair]
         h, w = self.patch_grid
@@ -126,5 +141,9 @@ class InteractionResult:
             weight = r.reshape(-1)
         out = a[:, self.n_prefix :] @ weight
         out = out + a[:, : self.n_prefix].sum(-1) if include_cls else out
+        if words is not None:
+            if isinstance(words, str):
+                raise TypeError(f"words must be a sequence of words or spans, got {words!r}")
+            return torch.stack([out[self.token_indices(w, pair)].sum() for w in words])
         n = 1 + max((i for i, t in enumerate(self.tokens[pair]) if t), default=len(out) - 1)
         return out[:n]

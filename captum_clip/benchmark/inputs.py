@@ -132,8 +132,8 @@ def load_folder(
         ``(images (B, 3, H, W), labels (B,) or None, masks (B, H, W) or None, class_names,
         paths)``.
     """
-    from captum_clip._images import read_image
     from captum_clip.masks import preprocess_mask
+    from captum_clip.storage import read_image
 
     root = Path(images_dir)
     if not root.is_dir():

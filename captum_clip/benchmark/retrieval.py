@@ -13,7 +13,7 @@ with image ``j``'s caption set (the renormalised mean of its captions' embedding
 ``ClipClassifier`` ensembles prompt templates); image ``i`` is explained at target ``i``.
 
 :func:`evaluate_retrieval` runs batch by batch on the device and writes one part file per
-(method, batch) (:mod:`captum_clip.benchmark._parts`): a killed run resumes without
+(method, batch) (:class:`captum_clip.storage.TensorParts`): a killed run resumes without
 recomputing or losing rows; under ``torchrun`` batch ``b`` belongs to rank
 ``b % world_size`` and rank 0 scores the gallery when every rank is done.
 """
@@ -31,20 +31,26 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_batch_size
-from captum_clip.benchmark import _parts
 from captum_clip.benchmark.methods import METHODS, ForwardCounter, MethodSettings, build_method
-from captum_clip.benchmark.report import slug
+from captum_clip.benchmark.retrieval_score import score_parts
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
 from captum_clip.datasets import CaptionGallery
-from captum_clip.metrics import GRAD_ECLIP, RISE, Protocol, curve_auc
-from captum_clip.metrics.retrieval import gallery_recall, perturbed_embeddings
+from captum_clip.metrics import GRAD_ECLIP, RISE, Protocol
+from captum_clip.metrics.retrieval import perturbed_embeddings
 from captum_clip.models.adapter import ClipAdapter
 from captum_clip.models.heads import ClipSimilarity, check_context_length
+from captum_clip.storage import (
+    TensorParts,
+    identity_hash,
+    state_dict_digest,
+    text_hash,
+    write_table,
+)
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -54,6 +60,13 @@ __all__ = [
     "RetrievalSettings",
     "evaluate_retrieval",
 ]
+
+#: Keys of a retrieval part (one per method and batch), and its tensors with a row per image.
+PART_KEYS = (
+    "method", "batch", "image_index", "image_ids", "caption_hash", "fractions", "clean",
+    "deletion", "insertion", "seconds", "forwards", "autograd",
+)  # fmt: skip
+ROW_TENSORS = ("clean", "deletion", "insertion")
 
 #: Methods run by default (gradient and attention methods; the perturbation methods of
 #: the classification benchmark cost hundreds of forwards per image -- ask for them).
@@ -69,7 +82,6 @@ DEFAULT_METHODS = (
 )
 #: ``--protocol`` names: Grad-ECLIP/CCI's preset, RISE, or none (the explicit settings).
 PROTOCOLS: dict[str, Protocol | None] = {"grad-eclip": GRAD_ECLIP, "rise": RISE, "none": None}
-DIRECTIONS = ("image", "text")
 
 
 @dataclass(frozen=True)
@@ -195,16 +207,15 @@ def _check_args(gallery: Any, batch_size: Any, methods: Any) -> list[str]:
 
 def _run_method(
     name: str, fn: Callable, sim: CaptionSetSimilarity, gallery: CaptionGallery, preprocess: Callable,
-    batches: list[list[int]], ctx: DistContext, parts_dir: Path, identity: str,
+    batches: list[list[int]], ctx: DistContext, parts: TensorParts,
     settings: RetrievalSettings, opts: dict,
 ) -> int:  # fmt: skip
     """Attributes and perturbs this rank's unfinished batches of one method; parts on disk."""
-    cap_hash = [_parts.caption_hash(gallery.captions_of(i)) for i in range(len(gallery))]
+    cap_hash = [text_hash(gallery.captions_of(i)) for i in range(len(gallery))]
     todo = []
     for b in shard(len(batches), ctx.rank, ctx.world_size):
-        path = _parts.part_path(parts_dir, slug(name), b)
-        if path.is_file():
-            part = _parts.read_part(path, identity)
+        if parts.exists(name, b):
+            part = parts.read(name, b)
             have = dict(zip(part["image_index"], part["caption_hash"]))
             if all(have.get(i) == cap_hash[i] for i in batches[b]):
                 continue
@@ -228,7 +239,7 @@ def _run_method(
         with torch.no_grad():
             clean = F.normalize(sim.adapter.encode_image(x).float(), dim=-1)
         part: dict[str, Any] = dict(
-            identity=identity, method=name, batch=b, image_index=list(idx),
+            method=name, batch=b, image_index=list(idx),
             image_ids=[str(gallery.image_ids[i]) for i in idx],
             caption_hash=[cap_hash[i] for i in idx], clean=clean.cpu(), seconds=seconds,
             forwards=count.images, autograd=count.autograd,
@@ -240,75 +251,13 @@ def _run_method(
                 **settings.plan_kwargs(mode, patch),
             )  # fmt: skip
             part[mode], part["fractions"] = emb.cpu(), fr.cpu()
-        path = _parts.write_part(_parts.part_path(parts_dir, slug(name), b), part)
+        path = parts.write(name, b, part)
         computed += len(idx)
         bar.update(len(idx))
         if opts["on_part"] is not None:
             opts["on_part"](path)
     bar.close()
     return computed
-
-
-def _collect(name: str, n: int, batches: list[list[int]], parts_dir: Path, identity: str) -> dict:
-    """The method's parts merged in gallery order (every image must be there)."""
-    fractions = None
-    clean, emb = [None] * n, {"deletion": [None] * n, "insertion": [None] * n}
-    cost = {"seconds": 0.0, "forwards": 0, "autograd": 0}
-    for b in range(len(batches)):
-        path = _parts.part_path(parts_dir, slug(name), b)
-        if not path.is_file():
-            raise ValueError(f"missing part {str(path)!r}: a rank did not finish; run again")
-        part = _parts.read_part(path, identity)
-        fractions = part["fractions"]
-        for j, i in enumerate(part["image_index"]):
-            if i < n:
-                clean[i] = part["clean"][j]
-                for mode in emb:
-                    emb[mode][i] = part[mode][j]
-        for key in cost:
-            cost[key] += part[key]
-    if any(c is None for c in clean):
-        raise ValueError(f"the parts of {name!r} in {str(parts_dir)!r} do not cover the gallery")
-    return dict(
-        fractions=fractions, clean=torch.stack(clean),
-        **{mode: torch.stack(v) for mode, v in emb.items()}, cost=cost,
-    )  # fmt: skip
-
-
-def _score(
-    names: list[str], gallery: CaptionGallery, caption_embeddings: Tensor, batches: list[list[int]],
-    parts_dir: Path, identity: str, settings: RetrievalSettings, device: torch.device,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
-    n, ks = len(gallery), list(settings.ks)
-    t2i = gallery.text_to_image.to(device)
-    caps = caption_embeddings.to(device)
-    summary, curves, clean_rows, cost_rows = [], [], [], []
-    for m, name in enumerate(names):
-        got = _collect(name, n, batches, parts_dir, identity)
-        if m == 0:
-            for d in DIRECTIONS:
-                r = gallery_recall(got["clean"].to(device)[:, None], caps, t2i, ks, d)
-                clean_rows += [dict(direction=d, k=k, recall=float(r[k][0])) for k in ks]
-        c = got["cost"]
-        cost_rows.append(dict(method=name, seconds_per_image=c["seconds"] / n,
-                              forwards_per_image=c["forwards"] / n,
-                              autograd_forwards_per_image=c["autograd"] / n))  # fmt: skip
-        fr = got["fractions"].to(device)
-        for mode in ("deletion", "insertion"):
-            for d in DIRECTIONS:
-                rec = gallery_recall(got[mode].to(device), caps, t2i, ks, d)
-                for k in ks:
-                    r = rec[k].double()
-                    summary.append(dict(
-                        method=name, mode=mode, direction=d, k=k,
-                        auc=float(curve_auc(fr.double(), r, settings.auc_range)),
-                        start=float(r[0]), end=float(r[-1]),
-                    ))  # fmt: skip
-                    curves += [dict(method=name, mode=mode, direction=d, k=k, step=s,
-                                    fraction=float(fr[s]), recall=float(r[s]))
-                               for s in range(len(fr))]  # fmt: skip
-    return (pd.DataFrame(summary), pd.DataFrame(curves), pd.DataFrame(clean_rows),
-            pd.DataFrame(cost_rows).set_index("method"))  # fmt: skip
 
 
 def evaluate_retrieval(
@@ -370,13 +319,13 @@ def evaluate_retrieval(
                     raise ValueError(f"{str(gallery.source)!r}: {err}") from None
             sim = CaptionSetSimilarity(entry.model, entry.tokenizer, gallery)
             scoring = {k: v for k, v in asdict(settings).items() if k != "ks"}
-            identity = _parts.identity_hash(dict(
-                model=_parts.fingerprint_model(entry.model), settings=scoring,
+            identity = identity_hash(dict(
+                model=state_dict_digest(entry.model), settings=scoring,
                 method_settings=asdict(ms), batch_size=batch_size,
             ))  # fmt: skip
             order = list(range(len(gallery)))
             batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-            parts_dir = out / "parts"
+            parts = TensorParts(out / "parts", identity, PART_KEYS, "image_index", ROW_TENSORS)
             built, skipped, computed = {}, {}, 0
             for name in names:
                 try:
@@ -388,13 +337,13 @@ def evaluate_retrieval(
             opts = dict(show_progress=show_progress, on_part=on_part)
             for name, fn in built.items():
                 computed += _run_method(name, fn, sim, gallery, entry.preprocess, batches, ctx,
-                                        parts_dir, identity, settings, opts)  # fmt: skip
+                                        parts, settings, opts)  # fmt: skip
             ctx.barrier()
             if ctx.is_main:
-                tables = _score(list(built), gallery, sim.caption_embeddings, batches, parts_dir,
-                                identity, settings, ctx.device)  # fmt: skip
+                tables = score_parts(list(built), gallery, sim.caption_embeddings, batches, parts,
+                                     settings.ks, settings.auc_range, ctx.device)  # fmt: skip
                 for stem, table in zip(("summary", "curves", "clean", "cost"), tables):
-                    _write_csv(table, out / f"{stem}.csv", index=stem == "cost")
+                    write_table(table, out / f"{stem}.csv", index=stem == "cost")
             ctx.barrier()
     finally:
         ctx.close()
@@ -404,10 +353,3 @@ def evaluate_retrieval(
         summary, curves, clean, cost, skipped, computed, len(gallery), len(gallery.captions),
         out, str(ctx.device),
     )  # fmt: skip
-
-
-def _write_csv(table: pd.DataFrame, path: Path, index: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=index)
-    os.replace(tmp, path)

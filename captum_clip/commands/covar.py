@@ -162,7 +162,7 @@ def run_eval(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
     )
     if _env_int("RANK", 0) == 0:
-        from captum_clip.covar._io import find_table
+        from captum_clip.storage import find_table
 
         cols = ["model", "subset", "n", "accuracy", "bg_er_of_all", "bg_er_rate", "fg_er_rate",
                 "fine_er_rate"]  # fmt: skip

@@ -130,9 +130,9 @@ def run_folder(args: argparse.Namespace) -> int:
     """Diagnoses an image folder with masks from files or from SAM."""
     import torch
 
-    from captum_clip._images import read_image
     from captum_clip.diagnosis import diagnose
     from captum_clip.masks import preprocess_mask
+    from captum_clip.storage import read_image
 
     root = Path(args.images)
     if not root.is_dir():

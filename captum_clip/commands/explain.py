@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
     clf, loaded, spec = _common.classifier(args, labels, templates)  # fails first, fast
     import torch
 
-    from captum_clip._images import read_image
     from captum_clip.attr.cci import CCI
     from captum_clip.attr.gradcam import vit_gradcam
+    from captum_clip.storage import read_image
     from captum_clip.viz.figures import explain_figure
 
     x = loaded.preprocess(read_image(path))

@@ -260,24 +260,17 @@ def _summary(results) -> str:
     return "\n".join(blocks)
 
 
-def run_testbed_command(args: argparse.Namespace) -> int:
-    """Benchmarks the testbed zoo."""
+def _start_run(args: argparse.Namespace) -> dict:
+    """Threads, device and settings of a run; the keyword arguments both runners share."""
     import torch
 
-    from captum_clip.benchmark.inputs import TESTBED_SEED, run_testbed
     from captum_clip.models.spec import resolve_device
 
     torch.set_num_threads(args.threads)
     args.device = str(resolve_device(args.device))
     args._settings = _settings(args)
     args._cpu0 = time.process_time()
-    seed = TESTBED_SEED if args.seed is None else args.seed
-    t0 = time.perf_counter()
-    results = run_testbed(
-        args.variants,
-        n=args.n,
-        rho=args.rho,
-        seed=seed,
+    return dict(
         methods=args.methods,
         method_settings=args._settings[0],
         metric_settings=args._settings[1],
@@ -285,6 +278,16 @@ def run_testbed_command(args: argparse.Namespace) -> int:
         device=args.device,
         show_progress=not args.no_progress,
     )
+
+
+def run_testbed_command(args: argparse.Namespace) -> int:
+    """Benchmarks the testbed zoo."""
+    from captum_clip.benchmark.inputs import TESTBED_SEED, run_testbed
+
+    seed = TESTBED_SEED if args.seed is None else args.seed
+    common = _start_run(args)
+    t0 = time.perf_counter()
+    results = run_testbed(args.variants, n=args.n, rho=args.rho, seed=seed, **common)
     extra = [
         f"Testbed scenes: {args.n} per model, rho={args.rho} (half of them on the class's "
         f"own background), seed {seed} (held out), exact object masks; models: "
@@ -296,10 +299,8 @@ def run_testbed_command(args: argparse.Namespace) -> int:
 
 def run_folder_command(args: argparse.Namespace) -> int:
     """Benchmarks a user's model on an image folder."""
-    import torch
-
     from captum_clip.benchmark.inputs import run_folder
-    from captum_clip.models.spec import parse_model_spec, resolve_device
+    from captum_clip.models.spec import parse_model_spec
 
     if parse_model_spec(args.model).random_weights:
         print(_common.random_weights_warning(args.model), file=sys.stderr)
@@ -311,10 +312,7 @@ def run_folder_command(args: argparse.Namespace) -> int:
         classes = imagenet_folder_classes(args.images, args.classes)
         templates = templates or imagenet_templates()
         labels_by = "order"
-    torch.set_num_threads(args.threads)
-    args.device = str(resolve_device(args.device))
-    args._settings = _settings(args)
-    args._cpu0 = time.process_time()
+    common = _start_run(args)
     t0 = time.perf_counter()
     result = run_folder(
         args.model,
@@ -325,13 +323,8 @@ def run_folder_command(args: argparse.Namespace) -> int:
         target=args.target,
         max_images=args.max_images,
         labels_by=labels_by,
-        methods=args.methods,
-        method_settings=args._settings[0],
-        metric_settings=args._settings[1],
-        chunk_size=args.chunk_size,
-        device=args.device,
-        show_progress=not args.no_progress,
         tokenizer=args.tokenizer,
+        **common,
     )
     extra = [
         f"Model {args.model}, images from {args.images}"

@@ -157,8 +157,8 @@ def _through_pil(preprocess, images01, masks):
 def _folder_inputs(entries, preprocess):
     import torch
 
-    from captum_clip._images import read_image
     from captum_clip.grounding import prepare_pil
+    from captum_clip.storage import read_image
 
     out = [prepare_pil(preprocess, read_image(e["image"], None), read_image(e["mask"], None))
            for e in entries]  # fmt: skip

@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-steps", type=int, default=20, help="integration steps")
     p.add_argument("--text-layer", type=int, default=-1, help="0 = embeddings, -1 = last block")
     p.add_argument("--image-layer", type=int, default=-1, help="0 = embeddings, -1 = last block")
-    p.add_argument("--words", nargs="*", default=None, help="words to map (default: all)")
+    p.add_argument("--words", nargs="*", default=None, metavar="WORD",
+                   help="words or quoted phrases to map; a phrase selects every token it "
+                   "spans, every occurrence (default: every word)")  # fmt: skip
     _common.add_device_arg(p)
     p.set_defaults(func=run)
 
@@ -45,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     _common.check_positive(args, "n_steps")
     loaded, spec = _common.load_model(args)  # fails first, fast
 
-    from captum_clip._images import read_image
     from captum_clip.attr.interactions import IntegratedInteractions
+    from captum_clip.storage import read_image
     from captum_clip.viz.interactions import plot_interactions
     from captum_clip.viz.marks import mark_random_weights
 
@@ -81,5 +83,9 @@ def run(args: argparse.Namespace) -> int:
     for t, v in zip(result.tokens[0], scores.tolist()):
         if t:
             print(f"  {t:>20s} {v:+.5f}")
+    if words:
+        print("the same, summed over each word or phrase of --words:")
+        for w, v in zip(words, result.token_scores(pair=0, words=words).tolist()):
+            print(f"  {w:>20s} {v:+.5f}")
     _common.save_figure(fig, args.out, dpi=120)
     return 0

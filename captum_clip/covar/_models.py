@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from captum_clip._resumable import state_dict_digest
 from captum_clip.models.spec import DEFAULT_TEMPLATES, TESTBED_TEMPLATES
+from captum_clip.storage import state_dict_digest
 
 __all__ = ["DEFAULT_TEMPLATES", "TESTBED_TEMPLATES", "ModelEntry", "resolve_model"]
 
@@ -73,7 +73,7 @@ class ModelEntry:
 
 
 def _files_digest(paths: list[Path]) -> str:
-    from captum_clip._resumable import file_digest
+    from captum_clip.storage import file_digest
 
     if not paths:
         return ""
@@ -115,9 +115,7 @@ def weights_fingerprint(
     return ""
 
 
-def resolve_model(
-    spec: str | ModelEntry, device: Any = "cpu", tokenizer: Any = None
-) -> ModelEntry:
+def resolve_model(spec: str | ModelEntry, device: Any = "cpu", tokenizer: Any = None) -> ModelEntry:
     """Turns a model spec into a lazily loaded :class:`ModelEntry`.
 
     Specs follow :mod:`captum_clip.models.spec` (``testbed[:VARIANT[:FILE]]``,

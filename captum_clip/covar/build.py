@@ -26,8 +26,6 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from captum_clip._resumable import folder_lock
-from captum_clip._tables import find_table, read_table, slug, table_path, write_table
 from captum_clip.covar.sources import Background, Instance
 from captum_clip.covar.transforms import (
     TRANSFORMS,
@@ -38,6 +36,7 @@ from captum_clip.covar.transforms import (
     transform_params,
     warp_foreground,
 )
+from captum_clip.storage import find_table, folder_lock, read_table, slug, table_path, write_table
 
 __all__ = ["BuildResult", "build", "load_manifest"]
 

@@ -13,7 +13,7 @@ for errors, ``BG-Er`` / ``Fine-Er`` / ``FG-Er``. Output folder::
 image id) are never recomputed, so an interrupted run resumes where it stopped; every row
 carries ``model_hash`` (:meth:`ModelEntry.identity`), and stored rows of the same spec with
 other weights are refused, not reused. The bookkeeping is a
-:class:`captum_clip._resumable.ResumableTable`: several processes may write one output
+:class:`captum_clip.storage.ResumableTable`: several processes may write one output
 folder at once (each writes its own chunk files; reads and merges hold a lock on the
 folder), and every stored file is checked (columns, value ranges) before it is trusted.
 Under ``torchrun`` each rank evaluates its batches
@@ -37,13 +37,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
-from captum_clip._images import read_image
-from captum_clip._resumable import ResumableTable, TableSchema
-from captum_clip._tables import table_path, write_table
 from captum_clip._validate import check_batch_size
 from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.covar.build import load_manifest
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
+from captum_clip.storage import ResumableTable, TableSchema, read_image, table_path, write_table
 
 __all__ = ["EvalResult", "TESTBED_FINE_GROUPS", "evaluate", "summarise_results"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captum_clip._images import read_image
+from captum_clip.storage import read_image
 
 __all__ = [
     "Background",

@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from captum_clip.grounding.table import phrase_positions
-
 __all__ = ["plot_classes", "plot_coverage", "plot_examples", "plot_groups"]
 
 
@@ -125,7 +123,12 @@ def plot_examples(
     cmap: str = "RdBu_r",
 ):
     """Example word maps: per pair the image with the object outline, then the map of
-    each role word (object, context), on one symmetric colour scale with a colour bar.
+    each role word (object, context) over a pale greyscale copy of the image.
+
+    Each row has its own symmetric colour scale (``±`` the largest ``|interaction|`` of
+    that row's maps) and colour bar, so a row's peak is dark whatever the other rows
+    hold; the largest positive value of each map is marked with a ring. The greyscale
+    background keeps the saturated object and textured backgrounds from hiding the map.
 
     Args:
         result: The :class:`~captum_clip.attr.InteractionResult` of the pairs.
@@ -142,37 +145,36 @@ def plot_examples(
 
     shown = ("object", "context")
     n = len(captions)
-    fig = Figure(figsize=(2.6 * (1 + len(shown)) + 0.8, 2.6 * n + 0.4))
+    fig = Figure(figsize=(2.6 * (1 + len(shown)) + 1.0, 2.7 * n + 0.3), layout="constrained")
     axes = np.atleast_2d(fig.subplots(n, 1 + len(shown)))
-    maps, lim = [], 0.0
     for i in range(n):
         img = to_display(images[i], mean=mean, std=std)
+        grey = img[..., :3].mean(-1) if img.ndim == 3 else img
+        pale = 0.55 + 0.45 * (grey - grey.min()) / max(float(np.ptp(grey)), 1e-8)
+        mask = np.asarray(masks[i], dtype=float)
         row = {}
         for role in shown:
             word = roles[i].get(role)
             if isinstance(word, str):
-                pos = phrase_positions(result.tokens[i], word)
-                m = result.image_map(pos, pair=i, size=img.shape[:2]).cpu().numpy()
+                m = result.image_map(word, pair=i, size=img.shape[:2]).detach().cpu().numpy()
                 row[role] = (word, m)
-                lim = max(lim, float(np.abs(m).max()))
-        maps.append((img, row))
-    lim = lim or 1.0
-    mappable = None
-    for i, (img, row) in enumerate(maps):
-        mask = np.asarray(masks[i], dtype=float)
+        lim = max((float(np.abs(m).max()) for _, m in row.values()), default=0.0) or 1.0
         axes[i, 0].imshow(img)
         axes[i, 0].contour(mask, levels=[0.5], colors="yellow", linewidths=1)
         axes[i, 0].set_title(captions[i], fontsize=8)
+        mappable = None
         for j, role in enumerate(shown, start=1):
             ax = axes[i, j]
-            ax.imshow(img)
+            ax.imshow(pale, cmap="gray", vmin=0, vmax=1)
             if role in row:
                 word, m = row[role]
-                mappable = ax.imshow(m, cmap=cmap, vmin=-lim, vmax=lim, alpha=0.65)
+                mappable = ax.imshow(m, cmap=cmap, vmin=-lim, vmax=lim, alpha=0.8)
                 ax.contour(mask, levels=[0.5], colors="black", linewidths=0.8)
-                ax.set_title(f"{role}: {word!r}", fontsize=8)
-            for a in (ax, axes[i, 0]):
-                a.axis("off")
-    if mappable is not None:
-        fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.6, label="interaction")
+                y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+                ax.scatter([x], [y], s=90, facecolors="none", edgecolors="black", linewidths=1.5)
+                ax.set_title(f"{role}: {word!r} (peak {m.max():+.1e})", fontsize=8)
+        for ax in axes[i]:
+            ax.axis("off")
+        if mappable is not None:
+            fig.colorbar(mappable, ax=list(axes[i, 1:]), shrink=0.85, label="interaction")
     return fig

@@ -28,6 +28,8 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from captum_clip.storage import atomic_write
+
 __all__ = [
     "DEFAULT_BINS",
     "STATS",
@@ -191,12 +193,19 @@ def markdown(
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Write rows (the union of their columns, in first-seen order) to a CSV file."""
+    """Write rows (the union of their columns, in first-seen order) to a CSV file.
+
+    Atomically (:func:`captum_clip.storage.atomic_write`): a reader or a second run never
+    sees a half-written table."""
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+
+    def save(tmp: Any) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+
+    atomic_write(path, save)

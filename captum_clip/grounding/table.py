@@ -32,7 +32,6 @@ patch ``p`` inside the object mask and ``m+ = max(m, 0)``:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,47 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from captum_clip.attr._phrases import phrase_positions
+
 __all__ = ["ROLES", "measure", "normalise_roles", "patch_weights", "phrase_positions"]
 
 ROLES = ("object", "context", "attribute")
 Roles = Mapping[str, str | Sequence[str]]
-
-
-def _clean(token: str) -> str:
-    """A token as plain lower-case text: BPE/WordPiece markers and spaces removed."""
-    t = token.lower().replace("</w>", "").replace("\u0120", "").replace("\u2581", "")
-    return re.sub(r"\s+", "", t.removeprefix("##"))
-
-
-def phrase_positions(tokens: Sequence[str], phrase: str) -> list[int]:
-    """Token positions of every occurrence of ``phrase`` in ``tokens``.
-
-    A phrase matches a run of consecutive tokens whose texts, joined without spaces, equal
-    the phrase without spaces (case-insensitive, sub-word markers ignored), so
-    ``"horizontal stripes"`` matches ``["horizontal", "stripes"]`` and ``"grass"`` matches
-    ``["grass</w>"]``.
-
-    Raises:
-        ValueError: The phrase is empty or does not occur in ``tokens``.
-    """
-    if not isinstance(phrase, str) or not _clean(phrase):
-        raise ValueError(f"a word must be a non-empty string, got {phrase!r}")
-    target = _clean(phrase)
-    clean = [_clean(t) for t in tokens]
-    found: list[int] = []
-    for start in range(len(clean)):
-        text = ""
-        for end in range(start, len(clean)):
-            text += clean[end]
-            if not target.startswith(text) or not clean[end]:
-                break
-            if text == target:
-                found.extend(range(start, end + 1))
-                break
-    if not found:
-        shown = [t for t in tokens if t]
-        raise ValueError(f"word {phrase!r} is not in the caption; its tokens are {shown}")
-    return sorted(set(found))
 
 
 def normalise_roles(roles: Roles) -> list[tuple[str, str]]:

@@ -299,64 +299,54 @@ _DOC_ARGS = """
 """
 
 
-def deletion_curve(
-    forward_func: Callable,
-    inputs: Tensor,
-    attributions: Tensor,
-    *,
-    target: Any = None,
-    additional_forward_args: Any = None,
-    baselines: str | Tensor | float | None = None,
-    n_steps: int | None = None,
-    max_fraction: float | None = None,
-    unit: str | None = None,
-    patch_size: int = 16,
-    score: str | None = None,
-    protocol: Protocol | None = None,
-    mean: Sequence[float] = OPENAI_DATASET_MEAN,
-    std: Sequence[float] = OPENAI_DATASET_STD,
-    blur_kernel_size: int = 11,
-    blur_sigma: float = 5.0,
-    seed: int = 0,
-    max_examples_per_batch: int | None = None,
-    show_progress: bool = False,
-) -> tuple[Tensor, Tensor]:
+def _curve_function(mode: str, summary: str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """``deletion_curve`` / ``insertion_curve``: one signature, the mode fixed."""
+
+    def curve(
+        forward_func: Callable,
+        inputs: Tensor,
+        attributions: Tensor,
+        *,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        baselines: str | Tensor | float | None = None,
+        n_steps: int | None = None,
+        max_fraction: float | None = None,
+        unit: str | None = None,
+        patch_size: int = 16,
+        score: str | None = None,
+        protocol: Protocol | None = None,
+        mean: Sequence[float] = OPENAI_DATASET_MEAN,
+        std: Sequence[float] = OPENAI_DATASET_STD,
+        blur_kernel_size: int = 11,
+        blur_sigma: float = 5.0,
+        seed: int = 0,
+        max_examples_per_batch: int | None = None,
+        show_progress: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        kw = {k: v for k, v in locals().items()
+              if k not in ("forward_func", "inputs", "attributions", "mode", "summary")}  # fmt: skip
+        return _curve(mode, forward_func, inputs, attributions, **kw)
+
+    curve.__name__ = curve.__qualname__ = f"{mode}_curve"
+    curve.__doc__ = summary
+    return curve
+
+
+deletion_curve = _curve_function(
+    "deletion",
     """Deletion curve: score while the most important units are replaced by the baseline.
 
     Default baseline ``"zeros"``.
-    """
-    kw = {k: v for k, v in locals().items() if k not in ("forward_func", "inputs", "attributions")}
-    return _curve("deletion", forward_func, inputs, attributions, **kw)
-
-
-def insertion_curve(
-    forward_func: Callable,
-    inputs: Tensor,
-    attributions: Tensor,
-    *,
-    target: Any = None,
-    additional_forward_args: Any = None,
-    baselines: str | Tensor | float | None = None,
-    n_steps: int | None = None,
-    max_fraction: float | None = None,
-    unit: str | None = None,
-    patch_size: int = 16,
-    score: str | None = None,
-    protocol: Protocol | None = None,
-    mean: Sequence[float] = OPENAI_DATASET_MEAN,
-    std: Sequence[float] = OPENAI_DATASET_STD,
-    blur_kernel_size: int = 11,
-    blur_sigma: float = 5.0,
-    seed: int = 0,
-    max_examples_per_batch: int | None = None,
-    show_progress: bool = False,
-) -> tuple[Tensor, Tensor]:
+    """,
+)
+insertion_curve = _curve_function(
+    "insertion",
     """Insertion curve: score while the most important units are revealed on the baseline.
 
     Default baseline ``"blur"`` (RISE).
-    """
-    kw = {k: v for k, v in locals().items() if k not in ("forward_func", "inputs", "attributions")}
-    return _curve("insertion", forward_func, inputs, attributions, **kw)
+    """,
+)
 
 
 def _auc(

@@ -51,8 +51,8 @@ def recall_at_k(
         ``{k: scalar tensor}``.
 
     Raises:
-        ValueError: Shapes that do not fit, indices outside ``[0, N)``, an unknown
-            ``direction``, or ``ks`` that are not positive ints.
+        ValueError: Shapes that do not fit, NaN or infinite embeddings, indices outside
+            ``[0, N)``, an unknown ``direction``, or ``ks`` that are not positive ints.
         TypeError: Non-tensor inputs, floating ``text_to_image``.
     """
     if not isinstance(image_embeddings, Tensor) or image_embeddings.ndim != 2:
@@ -61,6 +61,7 @@ def recall_at_k(
         )
     if image_embeddings.shape[0] == 0:
         raise ValueError("image_embeddings is empty (N = 0): a gallery needs images")
+    _check_finite(image_embeddings, "image_embeddings")
     _check_gallery(image_embeddings.shape[0], text_embeddings, text_to_image, ks, direction)
     if not isinstance(tie_tolerance, (int, float)) or not 0 <= tie_tolerance < 1:
         raise ValueError(f"tie_tolerance must be a float in [0, 1), got {tie_tolerance!r}")
@@ -101,6 +102,17 @@ def _shape_or_type(x: Any) -> Any:
     return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
 
 
+def _check_finite(embeddings: Tensor, name: str) -> None:
+    """NaN/inf embeddings have no cosine order: a recall computed from them would be noise."""
+    bad = ~torch.isfinite(embeddings).all(dim=-1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(
+            f"{name} must be finite, got NaN or infinite values in {len(rows)} row(s) "
+            f"(first: {rows[:5]}); check the encoder's dtype (float16 overflow?) and weights"
+        )
+
+
 def _expected_hit(above: Tensor, tied: Tensor, n_correct: Tensor, k: int) -> Tensor:
     """P(one of ``n_correct`` correct items among ``tied`` equal ones lands in the top ``k``)."""
     slots = (k - above).clamp(min=0)
@@ -121,6 +133,7 @@ def _check_gallery(
         )
     if text_embeddings.shape[0] == 0:
         raise ValueError("text_embeddings is empty (T = 0): a gallery needs texts")
+    _check_finite(text_embeddings, "text_embeddings")
     t = text_embeddings.shape[0]
     if not isinstance(text_to_image, Tensor) or text_to_image.shape != (t,):
         raise ValueError(

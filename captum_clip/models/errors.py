@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointNotFoundError", "ModelLoadError", "PretrainedUnavailableError"]
+import difflib
+from collections.abc import Sequence
+
+__all__ = [
+    "CheckpointNotFoundError",
+    "ModelLoadError",
+    "PretrainedUnavailableError",
+    "check_known_model",
+]
 
 
 class ModelLoadError(ValueError):
     """A model could not be loaded; the message says what was tried and how to fix it."""
+
+
+def check_known_model(name: str, known: Sequence[str], what: str, expected: str) -> None:
+    """:class:`ModelLoadError` unless ``name`` is in ``known``, with up to 3 close matches.
+
+    ``what`` names the model in the message (``"model name 'X'"``), ``expected`` says
+    what would have been accepted.
+    """
+    if name in known:
+        return
+    close = difflib.get_close_matches(name, list(known), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelLoadError(f"unknown {what}: {expected}.{hint} See open_clip.list_models().")
 
 
 class CheckpointNotFoundError(ModelLoadError, FileNotFoundError):

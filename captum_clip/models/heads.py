@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -157,6 +158,23 @@ class _ClipHead(nn.Module):
         return F.normalize(self.adapter.encode_image(images).float(), dim=-1)
 
 
+def _warn_duplicates(names: list[str]) -> None:
+    first: dict[str, int] = {}
+    repeats = []
+    for i, name in enumerate(names):
+        if name in first:
+            repeats.append(f"{name!r} at {first[name]} and {i}")
+        first.setdefault(name, i)
+    if repeats:
+        warnings.warn(
+            f"class_names repeat {len(repeats)} name(s): {'; '.join(repeats[:5])}; those "
+            "classes get identical logits and the arg-max always picks the first -- give "
+            "each class a distinct name to tell them apart",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class ClipClassifier(_ClipHead):
     """Zero-shot classifier: ``forward(images) -> (B, n_classes)`` logits.
 
@@ -168,7 +186,13 @@ class ClipClassifier(_ClipHead):
         model: open_clip CLIP (ViT or ResNet) or ``transformers.CLIPModel``.
         tokenizer: Callable ``texts -> LongTensor (N, S)`` (open_clip's tokenizer, the
             testbed tokenizer, or :class:`captum_clip.models.hf_clip.HFTokenizer`).
-        class_names: One name per class.
+        class_names: One name per class. A name given twice warns (``UserWarning`` naming
+            the positions): both classes get the same text embedding, so their logits are
+            equal and the arg-max always picks the first -- the second is never predicted.
+            A warning, not an error, because standard lists repeat names for distinct
+            classes (open_clip's ImageNet names have "missile" and "sunglasses" twice,
+            for two synsets each) and those runs must stay possible; disambiguate the
+            names (``"projectile, missile"``) to tell them apart.
         templates: Prompt templates with one ``{}`` for the class name.
         logit_scale: Override the model's logit scale (e.g. ``1.0`` for plain cosines).
     """
@@ -190,6 +214,7 @@ class ClipClassifier(_ClipHead):
             if t.count("{}") != 1:
                 raise ValueError(f"each template needs exactly one '{{}}', got {t!r}")
         self.class_names = list(class_names)
+        _warn_duplicates(self.class_names)
         self.templates = list(templates)
         weights = []
         for name in self.class_names:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 
 import torch
 
-from captum_clip.models.errors import ModelLoadError
+from captum_clip.models.errors import ModelLoadError, check_known_model
 from captum_clip.models.loaders import (
     LoadedClip,
     load_hf,
@@ -73,14 +72,8 @@ def load_clip(
         return load_hf(name[3:], device, tokenizer=tokenizer)
     import open_clip
 
-    known = open_clip.list_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ModelLoadError(
-            f"unknown model name {name!r}: not an open_clip architecture, "
-            f"'testbed', or 'hf:<path>'.{hint} See open_clip.list_models()."
-        )
+    check_known_model(name, open_clip.list_models(), f"model name {name!r}",
+                      "not an open_clip architecture, 'testbed', or 'hf:<path>'")  # fmt: skip
     if checkpoint is not None and pretrained is not None:
         raise ValueError("pass either pretrained= (a tag) or checkpoint= (a file), not both")
     if pretrained is not None:

@@ -29,6 +29,7 @@ from captum_clip.models.errors import (
     CheckpointNotFoundError,
     ModelLoadError,
     PretrainedUnavailableError,
+    check_known_model,
 )
 from captum_clip.models.heads import DEFAULT_TEMPLATES
 from captum_clip.models.loaders import (
@@ -177,18 +178,10 @@ def parse_model_spec(
         if path and not os.path.isfile(path):
             raise CheckpointNotFoundError(f"testbed checkpoint not found: {path!r} (in {spec!r})")
         return ModelSpec(spec, "testbed", "testbed", checkpoint=path or None, variant=variant)
-    import difflib
-
     from captum_clip.models import registry
 
-    known = registry.list_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ModelLoadError(
-            f"unknown model {name!r} in spec {spec!r}: expected {SPEC_GRAMMAR}.{hint} "
-            "See open_clip.list_models()."
-        )
+    check_known_model(name, registry.list_models(), f"model {name!r} in spec {spec!r}",
+                      f"expected {SPEC_GRAMMAR}")  # fmt: skip
     if sep and not rest:
         raise ModelLoadError(f"model spec {spec!r} ends in ':'; write {name}:TAG or {name}:FILE")
     if sep and _is_checkpoint(rest):

@@ -1,21 +1,7 @@
-"""Foreground- or background-driven? Per-prediction diagnosis from attributions and masks.
+"""The diagnosis itself: :func:`diagnose`, its result :class:`Diagnosis`, and
+:func:`causal_agreement` (package overview: :mod:`captum_clip.diagnosis`).
 
-For every image :func:`diagnose` computes the share of positive attribution mass inside the
-object mask (:func:`captum_clip.metrics.mask_share`), the IoU of the top attribution region
-with the mask (:func:`captum_clip.metrics.mask_iou`), calls the prediction
-``"foreground"``-driven when the share is at least ``tau`` and ``"background"``-driven
-otherwise, and sorts every misclassification into
-
-* ``"BG-Er"`` — a background-driven error;
-* ``"Fine-Er"`` — a foreground-driven error whose predicted class is a close relative of the
-  true one (CLIP text-embedding cosine above ``fine_threshold``, or the same user group);
-* ``"FG-Er"`` — any other foreground-driven error.
-
-Example:
-    >>> clf = ClipClassifier(model, tokenizer, class_names)          # doctest: +SKIP
-    >>> d = diagnose(clf, images, masks, labels)                      # doctest: +SKIP
-    >>> d.table[["pred_name", "fg_share", "driver", "category"]]      # doctest: +SKIP
-    >>> d.summary()["bg_er_rate"]                                     # doctest: +SKIP
+The default attribution method is chosen in :func:`_default_method`.
 """
 
 from __future__ import annotations
@@ -31,26 +17,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from captum_clip._diagnosis_batch import (
-    REGION_ABLATION,
-    _check_masks,
-    _forward,
-    measure_batch,
-)
-from captum_clip._diagnosis_table import build_table, close_pairs, summarise
 from captum_clip._validate import check_batch_size, check_target
+from captum_clip.diagnosis.batch import REGION_ABLATION, _check_masks, _forward, measure_batch
+from captum_clip.diagnosis.table import build_table, summarise
 from captum_clip.metrics._common import check_inputs
 
-__all__ = [
-    "CATEGORIES",
-    "REGION_ABLATION",
-    "Diagnosis",
-    "causal_agreement",
-    "close_pairs",
-    "diagnose",
-    "measure_batch",
-    "summarise",
-]
+__all__ = ["CATEGORIES", "Diagnosis", "causal_agreement", "diagnose"]
 
 CATEGORIES: tuple[str, ...] = ("BG-Er", "Fine-Er", "FG-Er")
 """Error categories of misclassified images (``"correct"`` for the others)."""

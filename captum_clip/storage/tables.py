@@ -1,4 +1,4 @@
-"""Resumable result tables that any number of processes may write at once.
+"""Resumable result tables (rows) that any number of processes may write at once.
 
 A long run (``covar eval``, ``faithfulness retrieval``...) writes its rows in chunks
 ("parts") as it goes and merges them into one table at the end; a rerun skips the rows
@@ -12,11 +12,11 @@ Rules that make concurrent writers safe (two ``covar eval`` on the same ``--out`
 ``torchrun``, a rerun started while the first is still going):
 
 * :meth:`~ResumableTable.write_part` needs no lock: every part gets a name no other process
-  or call uses (host, pid, a random token, a counter) and is written to a temporary file
-  that is renamed into place, so a reader sees a complete part or none.
+  or call uses (host, pid, a random token, a counter) and is written with
+  :func:`~captum_clip.storage.files.atomic_write`, so a reader sees a complete part or none.
 * :meth:`~ResumableTable.stored` and :meth:`~ResumableTable.merge` hold an exclusive lock on
   the folder (``fcntl.flock`` / ``msvcrt.locking``; released by the OS when a process dies,
-  so a crash never leaves a stale lock). A second process waits for it, at most
+  so a crash never leaves a stale lock; :mod:`captum_clip.storage.locks`). A second process waits for it, at most
   ``lock_timeout`` seconds, then raises :class:`OutputBusyError`.
 * A merge reads the merged table and every part, writes the new table atomically, and only
   then deletes exactly the parts it read. A part written during the merge is left for the
@@ -37,15 +37,12 @@ Example:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import os
 import secrets
 import socket
 import threading
-import time
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,28 +51,24 @@ from typing import Any
 
 import pandas as pd
 
-from captum_clip._tables import find_table, read_table, slug, table_path, write_table
+from captum_clip.storage.files import (
+    CorruptFileError,
+    find_table,
+    read_table,
+    slug,
+    table_path,
+    write_table,
+)
+from captum_clip.storage.locks import folder_lock
 
-__all__ = [
-    "CorruptTableError",
-    "OutputBusyError",
-    "ResumableTable",
-    "TableSchema",
-    "file_digest",
-    "folder_lock",
-    "group_dir_name",
-]
+__all__ = ["CorruptTableError", "ResumableTable", "TableSchema", "group_dir_name"]
 
 _RUN_ID = f"{slug(socket.gethostname())[:20]}-{os.getpid()}-{secrets.token_hex(3)}"
 _COUNTER = itertools.count()
 
 
-class CorruptTableError(ValueError):
-    """A stored table or part does not have the expected columns or values."""
-
-
-class OutputBusyError(ValueError, TimeoutError):
-    """Another process held the output folder's lock for longer than ``lock_timeout``."""
+class CorruptTableError(CorruptFileError):
+    """A stored table or table part does not have the expected columns or values."""
 
 
 @dataclass(frozen=True)
@@ -157,89 +150,6 @@ def group_dir_name(group: str) -> str:
     """
     digest = hashlib.sha256(str(group).encode()).hexdigest()[:12]
     return f"{slug(group)[:80]}-{digest}"
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            return False
-        raise
-    return True
-
-
-def _unlock(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:
-        import msvcrt
-
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        return
-    fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-@contextmanager
-def folder_lock(lock_path: str | os.PathLike, timeout: float = 600.0) -> Iterator[None]:
-    """Holds an exclusive lock on ``lock_path`` (created if needed) across processes.
-
-    ``fcntl.flock`` (``msvcrt.locking`` on Windows): the OS releases it when the process
-    dies, so a crash never leaves a stale lock. Not re-entrant: a second ``folder_lock`` on
-    the same file in the same process waits like another process would (use
-    :meth:`ResumableTable.lock` for a re-entrant one). On a file system without locks it
-    warns and goes on unlocked.
-
-    Raises:
-        OutputBusyError: Another holder kept it for more than ``timeout`` seconds.
-    """
-    lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        locked = _acquire(fd, lock_path, float(timeout))
-        try:
-            yield
-        finally:
-            if locked:
-                _unlock(fd)
-    finally:
-        os.close(fd)
-
-
-def _acquire(fd: int, lock_path: Path, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        try:
-            if _try_lock(fd):
-                return True
-        except OSError as err:  # e.g. a file system without locks
-            warnings.warn(
-                f"cannot lock {str(lock_path)!r} ({err}); runs writing this folder at the "
-                "same time are not protected",
-                stacklevel=5,
-            )
-            return False
-        if time.monotonic() >= deadline:
-            raise OutputBusyError(
-                f"{str(lock_path.parent)!r} is in use by another process (lock "
-                f"{str(lock_path)!r} held for more than {timeout:g} s); wait for it to "
-                "finish or choose another output folder"
-            )
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 class ResumableTable:
@@ -396,37 +306,3 @@ class ResumableTable:
                 except OSError:
                     pass
         return df
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """``"sha256:<first 16 hex digits>"`` of a file's bytes (cached by path, size, mtime)."""
-    st = os.stat(path)
-    cache_key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if cache_key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[cache_key] = "sha256:" + h.hexdigest()[:16]
-    return _DIGESTS[cache_key]
-
-
-_DIGESTS: dict[tuple, str] = {}
-
-
-def state_dict_digest(model: Any) -> str:
-    """``"sha256:<first 16 hex digits>"`` of a model's state dict (names, dtypes, shapes, bytes).
-
-    Exact: equal only when every weight is bit-identical, whatever device it lives on. Used
-    as the model identity of resumable runs (COVAR, retrieval).
-    """
-    import torch  # lazily: writer processes that only merge tables never load torch
-
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        c = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
-    return "sha256:" + h.hexdigest()[:16]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_clip._region_ablation import region_effects
+from captum_clip.diagnosis.region_ablation import region_effects
 from captum_clip.metrics import mask_iou, mask_share
 
 __all__ = ["REGION_ABLATION", "measure_batch"]

@@ -18,6 +18,7 @@ attributions come back in the dtype of the inputs that were passed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -154,3 +155,10 @@ def check_batch_size(
     if value < 1:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value
+
+
+def check_choice(**named: tuple[Any, Sequence[Any]]) -> None:
+    """``name=(value, allowed)`` pairs: a ValueError naming the first value not allowed."""
+    for name, (value, allowed) in named.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")

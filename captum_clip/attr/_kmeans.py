@@ -265,3 +265,39 @@ def sklearn_labels(estimator: Any, x: Tensor, n_clusters: int, set_k: bool) -> T
             raw = np.asarray(est.fit_predict(pts[i])).reshape(-1)
         out[i] = np.unique(raw, return_inverse=True)[1].reshape(-1)
     return torch.from_numpy(out).to(x.device)
+
+
+def check_clusterer(clusterer: Any) -> None:
+    """A ``clusterer=`` argument: None (batched torch k-means) or scikit-learn style."""
+    if clusterer is not None and not hasattr(clusterer, "fit_predict"):
+        raise TypeError(
+            f"clusterer must have fit_predict (scikit-learn style), got {type(clusterer).__name__}"
+        )
+
+
+def cluster_grid(
+    feats: Tensor, k: int, clusterer: Any = None, seed: int = 0, set_k: bool = False
+) -> tuple[Tensor, Tensor]:
+    """``(B, P)`` consecutive cluster labels and ``(B,)`` clusters found per image of the
+    ``(B, h, w, d)`` grid features ``feats`` (CCI's regions).
+
+    The default is :func:`batched_kmeans` on the features' device; a ``clusterer``
+    estimator is fitted per image on the CPU (``set_k``: its ``n_clusters`` is set to
+    ``k`` first). Empty clusters are dropped.
+    """
+    b, h, w, d = feats.shape
+    if k > h * w:
+        raise ValueError(f"n_clusters={k} is larger than the {h * w} patches ({h}x{w} grid)")
+    x = feats.reshape(b, h * w, d)
+    if clusterer is None:
+        out = batched_kmeans(x, k, seed=seed)
+        return out.labels, out.n_found
+    x = F.normalize(x.float(), dim=-1)
+    labels = sklearn_labels(clusterer, x, k, set_k=set_k)
+    n_found = labels.max(1).values + 1
+    if int(n_found.max()) > k:
+        raise ValueError(
+            f"the clusterer found {int(n_found.max())} clusters with n_clusters={k}; "
+            "it must return at most n_clusters labels"
+        )
+    return labels, n_found

@@ -365,3 +365,25 @@ def normalize_values(values: Tensor, normalize: str | None) -> Tensor:
     denom = v0.abs().sum(1, keepdim=True) if normalize == "abs" else v0.sum(1, keepdim=True)
     safe = torch.where(denom == 0, torch.ones_like(denom), denom)
     return torch.where(denom == 0, v0 * 0, values / safe)
+
+
+def check_settings(
+    estimator: str, n_clusters: Sequence[int], budget: Any, n_groups: Any, random_state: int
+) -> int | None:
+    """CCI's estimator settings checked together; returns the budget to use (``"default"``:
+    :data:`DEFAULT_BUDGET` for the budgeted estimators, None otherwise)."""
+    if isinstance(budget, str) and budget == "default":
+        budget = DEFAULT_BUDGET if estimator in BUDGETED else None
+    elif budget is not None and estimator not in BUDGETED:
+        raise ValueError(f"budget is only used by estimators {BUDGETED}, got {estimator!r}")
+    if n_groups is not None and (
+        estimator != "owen" or isinstance(n_groups, bool) or not isinstance(n_groups, int)
+        or n_groups < 1
+    ):  # fmt: skip
+        raise ValueError(
+            f"n_groups is an int >= 1 for estimator='owen', got {n_groups!r} with "
+            f"estimator={estimator!r}"
+        )
+    for k in n_clusters:  # validates estimator, K and budget
+        plan(estimator, k, budget, random_state)
+    return budget

@@ -30,10 +30,10 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager, preserve_model_state
-from captum_clip._validate import check_batch_size, check_images, check_target
+from captum_clip._validate import check_batch_size, check_choice, check_images, check_target
 from captum_clip.attr import _regions
 from captum_clip.attr._cci_result import CCIResult
-from captum_clip.attr._kmeans import batched_kmeans, sklearn_labels
+from captum_clip.attr._kmeans import check_clusterer, cluster_grid
 from captum_clip.attr._region_games import game_values, leaf_groups, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
 from captum_clip.attr._regions import check_n_clusters, normalize_values
@@ -121,8 +121,10 @@ class CCI(PerturbationAttribution):
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        check_choice(
+            mask_mode=(mask_mode, MASK_MODES), normalize=(normalize, NORMALIZATIONS),
+            upsample=(upsample, UPSAMPLE_MODES), score=(score, SCORES),
+        )  # fmt: skip
         if grid_layer is not None and mask_mode == "attention":
             raise ValueError(
                 "grid_layer clusters a module's feature map and hides clusters by their "
@@ -141,13 +143,6 @@ class CCI(PerturbationAttribution):
             if self.vision.is_vit:
                 n_clusters = min(n_clusters, self.vision.n_patches)
         self.n_clusters = check_n_clusters(n_clusters)
-        for name, value, allowed in (
-            ("normalize", normalize, NORMALIZATIONS),
-            ("upsample", upsample, UPSAMPLE_MODES),
-            ("score", score, SCORES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if mask_mode == "attention" and not self.vision.is_vit:
             raise ValueError(
                 f"mask_mode='attention' needs a ViT vision tower; {type(self.vision.module).__name__}"
@@ -158,32 +153,14 @@ class CCI(PerturbationAttribution):
                 f"n_clusters={max(self.n_clusters)} is larger than the {self.vision.n_patches} "
                 "patches of this vision tower"
             )
-        if clusterer is not None and not hasattr(clusterer, "fit_predict"):
-            raise TypeError(
-                f"clusterer must have fit_predict (scikit-learn style), got {type(clusterer).__name__}"
-            )
+        check_clusterer(clusterer)
         self.mask_mode = mask_mode
         self.normalize = normalize
         self.upsample = upsample
         self.clusterer = clusterer
         self.random_state = random_state
         self.score = score
-        if isinstance(budget, str) and budget == "default":
-            budget = _regions.DEFAULT_BUDGET if estimator in _regions.BUDGETED else None
-        elif budget is not None and estimator not in _regions.BUDGETED:
-            raise ValueError(
-                f"budget is only used by estimators {_regions.BUDGETED}, got {estimator!r}"
-            )
-        if n_groups is not None and (
-            estimator != "owen" or isinstance(n_groups, bool) or not isinstance(n_groups, int)
-            or n_groups < 1
-        ):  # fmt: skip
-            raise ValueError(
-                f"n_groups is an int >= 1 for estimator='owen', got {n_groups!r} with "
-                f"estimator={estimator!r}"
-            )
-        for k in self.n_clusters:  # validates estimator, K and budget
-            _regions.plan(estimator, k, budget, random_state)
+        budget = _regions.check_settings(estimator, self.n_clusters, budget, n_groups, random_state)
         self.estimator = estimator
         self.budget = budget
         self.n_groups = n_groups
@@ -265,28 +242,9 @@ class CCI(PerturbationAttribution):
         return out.gather(1, tgt[:, None].to(out.device))[:, 0]
 
     def _cluster(self, feats: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """``(B, P)`` consecutive cluster labels and ``(B,)`` clusters found per image.
-
-        The default is the batched torch k-means (:mod:`captum_clip.attr._kmeans`) on the
-        features' device; a ``clusterer=`` estimator is fitted per image on the CPU.
-        Empty clusters are dropped.
-        """
-        b, h, w, d = feats.shape
-        if k > h * w:
-            raise ValueError(f"n_clusters={k} is larger than the {h * w} patches ({h}x{w} grid)")
-        x = feats.reshape(b, h * w, d)
-        if self.clusterer is None:
-            out = batched_kmeans(x, k, seed=self.random_state)
-            return out.labels, out.n_found
-        x = F.normalize(x.float(), dim=-1)
-        labels = sklearn_labels(self.clusterer, x, k, set_k=len(self.n_clusters) > 1)
-        n_found = labels.max(1).values + 1
-        if int(n_found.max()) > k:
-            raise ValueError(
-                f"the clusterer found {int(n_found.max())} clusters with n_clusters={k}; "
-                "it must return at most n_clusters labels"
-            )
-        return labels, n_found
+        """``(B, P)`` consecutive cluster labels and ``(B,)`` clusters found per image."""
+        several = len(self.n_clusters) > 1
+        return cluster_grid(feats, k, self.clusterer, self.random_state, several)
 
     def _scores(
         self, inputs, args, tgt, clusters, grid, baselines, ibs, show_progress

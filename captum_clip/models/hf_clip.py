@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from captum_clip._hooks import HookManager
 from captum_clip.models.base import TextTower, ViTTower
 
-__all__ = ["is_hf_clip", "HFClipVision", "HFClipText", "HFTokenizer"]
+__all__ = ["is_hf_clip", "HFClipVision", "HFClipText", "HFText", "HFTokenizer", "HFVision"]
 
 
 def is_hf_clip(model: object) -> bool:
@@ -26,13 +26,14 @@ def is_hf_clip(model: object) -> bool:
     return all(hasattr(model, a) for a in ("vision_model", "text_model", "visual_projection"))
 
 
-class HFClipVision(ViTTower):
-    """Vision tower of a Hugging Face ``CLIPModel``."""
+class HFVision(ViTTower):
+    """What the Hugging Face vision towers share (CLIP, SigLIP): the encoder layers called
+    as ``layer(x, attention_mask)``, the config, and hiding patches through that mask."""
 
-    def __init__(self, clip: nn.Module) -> None:
-        super().__init__(clip.vision_model)
-        self.clip = clip
-        self.config = clip.config.vision_config
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model.vision_model)
+        self.clip = model
+        self.config = model.config.vision_config
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -43,21 +44,11 @@ class HFClipVision(ViTTower):
         return int(self.config.num_attention_heads)
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        s = int(self.config.image_size)
-        return (s, s)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        g = int(self.config.image_size) // int(self.config.patch_size)
-        return (g, g)
+    def guarded(self) -> list[nn.Module]:
+        return [self.module, self.clip]
 
     def __call__(self, images: Tensor) -> Tensor:
         return self.head(self.run_blocks(self.embed(images), 0, self.n_blocks))
-
-    def embed(self, images: Tensor) -> Tensor:
-        dtype = self.module.embeddings.patch_embedding.weight.dtype
-        return self.module.pre_layrnorm(self.module.embeddings(images.to(dtype)))
 
     def run_blocks(
         self, x: Tensor, start: int, stop: int, attn_mask: Tensor | None = None
@@ -66,29 +57,14 @@ class HFClipVision(ViTTower):
             x = layer(x, attn_mask)
         return x
 
-    @property
-    def pool_type(self) -> str:
-        return "tok"
-
-    #: Dropping = masking: the pooled class token reads no hidden patch.
-    can_drop = True
-
-    @property
-    def guarded(self) -> list[nn.Module]:
-        return [self.module, self.clip]
-
-    def token_head(self, tokens: Tensor) -> Tensor:
-        return self.clip.visual_projection(self.module.post_layernorm(tokens))
-
-    def head(self, x: Tensor) -> Tensor:
-        return self.token_head(x[:, 0])
-
-    @contextmanager
-    def hide_patches(self, hidden: Tensor) -> Iterator[None]:
+    def mask_layers(self, hooks: HookManager, hidden: Tensor) -> None:
+        """Add ``-inf`` for the keys of the ``(B, n_patches)`` hidden patches to the
+        attention mask of every encoder layer until ``hooks`` exits (prefix keys kept)."""
         self.check_hidden(hidden)
         b, p = hidden.shape
-        keys = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=hidden.device), hidden], 1)
-        mask = torch.zeros(b, 1, p + 1, p + 1, device=hidden.device)
+        n = self.n_prefix
+        keys = torch.cat([hidden.new_zeros(b, n), hidden], 1)
+        mask = torch.zeros(b, 1, n + p, n + p, device=hidden.device)
         mask.masked_fill_(keys[:, None, None, :], float("-inf"))
 
         def inject(module, args, kwargs):
@@ -103,18 +79,54 @@ class HFClipVision(ViTTower):
                 kwargs["attention_mask"] = m if current is None else current + m
             return args, kwargs
 
+        for block in self.blocks:
+            hooks.forward_pre(block, inject, with_kwargs=True)
+
+
+class HFClipVision(HFVision):
+    """Vision tower of a Hugging Face ``CLIPModel``."""
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        s = int(self.config.image_size)
+        return (s, s)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        g = int(self.config.image_size) // int(self.config.patch_size)
+        return (g, g)
+
+    def embed(self, images: Tensor) -> Tensor:
+        dtype = self.module.embeddings.patch_embedding.weight.dtype
+        return self.module.pre_layrnorm(self.module.embeddings(images.to(dtype)))
+
+    @property
+    def pool_type(self) -> str:
+        return "tok"
+
+    #: Dropping = masking: the pooled class token reads no hidden patch.
+    can_drop = True
+
+    def token_head(self, tokens: Tensor) -> Tensor:
+        return self.clip.visual_projection(self.module.post_layernorm(tokens))
+
+    def head(self, x: Tensor) -> Tensor:
+        return self.token_head(x[:, 0])
+
+    @contextmanager
+    def hide_patches(self, hidden: Tensor) -> Iterator[None]:
         with HookManager() as hooks:
-            for block in self.blocks:
-                hooks.forward_pre(block, inject, with_kwargs=True)
+            self.mask_layers(hooks, hidden)
             yield
 
 
-class HFClipText(TextTower):
-    """Text tower of a Hugging Face ``CLIPModel`` (causal attention, EOS pooling)."""
+class HFText(TextTower):
+    """What the Hugging Face text towers share (CLIP, SigLIP): ``text_model`` with its
+    embeddings and encoder layers."""
 
-    def __init__(self, clip: nn.Module) -> None:
-        super().__init__(clip)
-        self.t = clip.text_model
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.t = model.text_model
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -130,6 +142,10 @@ class HFClipText(TextTower):
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.t.embeddings(input_ids=ids)
+
+
+class HFClipText(HFText):
+    """Text tower of a Hugging Face ``CLIPModel`` (causal attention, EOS pooling)."""
 
     def attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor:
         """The causal ``(S, S)`` additive mask (CLIP's text tower is always causal)."""

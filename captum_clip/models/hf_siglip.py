@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager
-from captum_clip.models.base import TextTower, ViTTower
 from captum_clip.models.blocks import BlockTrace
+from captum_clip.models.hf_clip import HFText, HFVision
 
 __all__ = ["HFSiglipText", "HFSiglipVision", "is_hf_siglip"]
 
@@ -53,7 +53,7 @@ def is_hf_siglip(model: object) -> bool:
     )
 
 
-class HFSiglipVision(ViTTower):
+class HFSiglipVision(HFVision):
     """Vision tower of a Hugging Face ``SiglipModel`` / ``Siglip2Model`` (see module doc).
 
     Raises:
@@ -64,9 +64,7 @@ class HFSiglipVision(ViTTower):
     n_prefix = 0
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__(model.vision_model)
-        self.clip = model
-        self.config = model.config.vision_config
+        super().__init__(model)
         self.naflex = model.config.model_type == "siglip2"
         if not getattr(self.module, "use_head", False):
             raise ValueError(
@@ -88,14 +86,6 @@ class HFSiglipVision(ViTTower):
         self._pool_hidden: Tensor | None = None  # set by hide_patches, read by trace_pool
 
     @property
-    def blocks(self) -> list[nn.Module]:
-        return list(self.module.encoder.layers)
-
-    @property
-    def heads(self) -> int:
-        return int(self.config.num_attention_heads)
-
-    @property
     def grid_size(self) -> tuple[int, int]:
         return self._grid
 
@@ -109,17 +99,10 @@ class HFSiglipVision(ViTTower):
         return "attn"
 
     @property
-    def guarded(self) -> list[nn.Module]:
-        return [self.module, self.clip]
-
-    @property
     def can_drop(self) -> bool:  # type: ignore[override]
         """Dropping = masking (the MAP head reads the kept tokens only); not for SigLIP 2,
         whose layers and head take a pixel attention mask of the full grid."""
         return not self.naflex
-
-    def __call__(self, images: Tensor) -> Tensor:
-        return self.head(self.run_blocks(self.embed(images), 0, self.n_blocks))
 
     def embed(self, images: Tensor) -> Tensor:
         """Hidden state 0 ``(B, h*w, d)``: patch embeddings plus positions.
@@ -143,13 +126,6 @@ class HFSiglipVision(ViTTower):
         patches = images.reshape(b, c, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, -1)
         shapes = torch.tensor([[h, w]], device=images.device).expand(b, 2)
         return emb(patches.to(emb.patch_embedding.weight.dtype), shapes)
-
-    def run_blocks(
-        self, x: Tensor, start: int, stop: int, attn_mask: Tensor | None = None
-    ) -> Tensor:
-        for layer in self.blocks[start:stop]:
-            x = layer(x, attn_mask)
-        return x
 
     def head(self, x: Tensor) -> Tensor:
         """``post_layernorm`` then the attention pooling head: ``(B, L, d) -> (B, D)``."""
@@ -206,22 +182,7 @@ class HFSiglipVision(ViTTower):
         """Hide patches from every encoder layer (additive mask) and from the pooling head's
         attention (``key_padding_mask``) while the context is open."""
         self.check_hidden(hidden)
-        b, p = hidden.shape
-        mask = torch.zeros(b, 1, p, p, device=hidden.device)
-        mask.masked_fill_(hidden[:, None, None, :], float("-inf"))
-
-        def inject(module, args, kwargs):
-            x = args[0] if args else kwargs["hidden_states"]
-            self.check_batch(x.shape[0], b)
-            m = mask.to(dtype=x.dtype, device=x.device)
-            if len(args) > 1:
-                current = args[1]
-                args = (args[0], m if current is None else current + m, *args[2:])
-            else:
-                current = kwargs.get("attention_mask")
-                kwargs["attention_mask"] = m if current is None else current + m
-            return args, kwargs
-
+        b = hidden.shape[0]
         empty = hidden.all(1)  # every patch hidden: the head reads no key
 
         def inject_pool(module, args, kwargs):
@@ -244,8 +205,7 @@ class HFSiglipVision(ViTTower):
             return (att, *out[1:]) if isinstance(out, tuple) else att
 
         with HookManager() as hooks:
-            for block in self.blocks:
-                hooks.forward_pre(block, inject, with_kwargs=True)
+            self.mask_layers(hooks, hidden)
             hooks.forward_pre(self.module.head.attention, inject_pool, with_kwargs=True)
             hooks.forward(self.module.head.attention, empty_pool)
             self._pool_hidden = hidden
@@ -255,28 +215,9 @@ class HFSiglipVision(ViTTower):
                 self._pool_hidden = None
 
 
-class HFSiglipText(TextTower):
+class HFSiglipText(HFText):
     """Text tower of a Hugging Face ``SiglipModel`` / ``Siglip2Model`` (bidirectional
     attention, last-position pooling, linear ``head``)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self.t = model.text_model
-
-    @property
-    def blocks(self) -> list[nn.Module]:
-        return list(self.t.encoder.layers)
-
-    @property
-    def context_length(self) -> int:
-        return int(self.model.config.text_config.max_position_embeddings)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.t.embeddings.token_embedding.num_embeddings)
-
-    def embed(self, ids: Tensor) -> Tensor:
-        return self.t.embeddings(input_ids=ids)
 
     def attention_mask(self, ids: Tensor, dtype: torch.dtype) -> Tensor | None:
         """None: every token reads every token (SigLIP's text tower has no causal mask and

@@ -159,12 +159,17 @@ def _sampled(k: int, budget: int, seed: int) -> CoalitionPlan:
     exact values where all coalitions fit."""
     if k <= MAX_EXACT_K and (1 << k) - 1 <= budget:
         return _exact("shapley", k)
-    full = (1 << k) - 1
     g = torch.Generator().manual_seed(int(seed))
-    seen: set[int] = {full}
+    return _antithetic_walks(k, budget, lambda: torch.randperm(k, generator=g).tolist())
+
+
+def _antithetic_walks(k: int, budget: int, draw: Callable[[], list[int]]) -> CoalitionPlan:
+    """Orders from ``draw()``, each with its reverse (antithetic pairs), while the distinct
+    masked rows stay within ``budget``; the plan averages their marginal contributions."""
+    seen: set[int] = {(1 << k) - 1}
     walks: list[list[int]] = []
     for _ in range(MAX_PERMUTATION_PAIRS):
-        perm = torch.randperm(k, generator=g).tolist()
+        perm = draw()
         pair = [perm, perm[::-1]]
         new = set()
         for p in pair:
@@ -243,26 +248,12 @@ def _owen_sampled(k: int, budget: int, seed: int, groups: tuple[int, ...]) -> Co
     g = torch.Generator().manual_seed(int(seed))
     ids = sorted(set(groups))
     members = [[j for j in range(k) if groups[j] == gid] for gid in ids]
-    seen: set[int] = {(1 << k) - 1}
-    walks: list[list[int]] = []
-    for _ in range(MAX_PERMUTATION_PAIRS):
+
+    def draw() -> list[int]:  # groups in a random order, each group's regions shuffled
         order = torch.randperm(len(ids), generator=g).tolist()
-        perm = [members[o][i] for o in order for i in torch.randperm(len(members[o]), generator=g)]
-        pair = [perm, perm[::-1]]
-        new = set()
-        for p in pair:
-            mask = 0
-            new.add(mask)
-            for j in p:
-                mask |= 1 << j
-                new.add(mask)
-        if len(seen | new) - 1 > budget:
-            if not walks:
-                walks.append(perm)
-            break
-        seen |= new
-        walks.extend(pair)
-    return _walks_plan(k, walks)
+        return [members[o][i] for o in order for i in torch.randperm(len(members[o]), generator=g)]
+
+    return _antithetic_walks(k, budget, draw)
 
 
 @lru_cache(maxsize=4096)

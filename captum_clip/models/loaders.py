@@ -53,27 +53,26 @@ def load_open_clip(
     """An open_clip architecture with random weights, a pretrained tag or a local file."""
     import open_clip
 
+    state = None
     if checkpoint is not None:
         path = os.fspath(checkpoint)
         if not os.path.isfile(path):
             raise CheckpointNotFoundError(f"checkpoint file not found: {path!r}")
         state = load_state_dict(path)  # unreadable files fail here, before the model
-        tok = open_clip_tokenizer(name, tokenizer)  # and a missing tokenizer too
+    tok = open_clip_tokenizer(name, tokenizer)  # and a missing tokenizer too
+    if pretrained is None:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+    else:
+        from captum_clip.models.pretrained import create_pretrained
+
+        model, preprocess = create_pretrained(name, pretrained)
+    if state is not None:
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             raise ModelLoadError(
                 f"checkpoint {path!r} does not match architecture {name!r}: {err}"
             ) from err
-    elif pretrained is None:
-        tok = open_clip_tokenizer(name, tokenizer)
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
-    else:
-        from captum_clip.models.pretrained import create_pretrained
-
-        tok = open_clip_tokenizer(name, tokenizer)
-        model, preprocess = create_pretrained(name, pretrained)
     model = model.to(device).eval()
     random = pretrained is None and checkpoint is None
     return LoadedClip(model, preprocess, tok, name, pretrained, random_weights=random)

@@ -28,32 +28,90 @@ CCI_SETTINGS = {
     "CCI sufficiency K=16 (18)": dict(estimator="sufficiency", n_clusters=16),
     "CCI sufficiency K=32 (34)": dict(estimator="sufficiency", n_clusters=32),
     "CCI sufficiency K=48 (50)": dict(estimator="sufficiency", n_clusters=48),
+    "CCI sufficiency K=32 pixel (34)": dict(
+        estimator="sufficiency", n_clusters=32, mask_mode="pixel"
+    ),
+    "CCI sufficiency K=48 pixel (50)": dict(
+        estimator="sufficiency", n_clusters=48, mask_mode="pixel"
+    ),
+    "CCI sufficiency K=62 pixel (64)": dict(
+        estimator="sufficiency", n_clusters=62, mask_mode="pixel"
+    ),
+    "CCI() default: sufficiency K=32, logit (34)": dict(score="logit"),
     "CCI occlusion K=7 (8, the paper)": dict(estimator="occlusion", n_clusters=7, score="logit"),
 }
+#: settings whose spread over ``random_state`` (k-means restarts, sampled orders) is measured
+VARIANCE_SETTINGS = {
+    k: CCI_SETTINGS[k]
+    for k in (
+        "CCI sufficiency K=32 (34)", "CCI owen K=16 (64)", "CCI sampled-shapley K=16 (64)",
+        "CCI occlusion K=7 (8, the paper)",
+    )
+}  # fmt: skip
+RANDOM_STATES = (0, 1, 2, 3, 4)
 PEERS = ("GradientRollout", "IntegratedGradients")
 
 
-def _methods(clf):
+def _methods(clf, settings=None, random_state: int = 0, peers=PEERS):
     from captum_clip.attr import CCI
     from captum_clip.benchmark.methods import build_method
 
     out = {}
-    for name, kw in CCI_SETTINGS.items():
-        kw = {"score": "prob", **kw}
+    for name, kw in (CCI_SETTINGS if settings is None else settings).items():
+        kw = {"score": "prob", "random_state": random_state, **kw}
         method = CCI(clf, **kw)
         out[name] = lambda x, t, m=method: m.attribute(x, target=t, internal_batch_size=512)
-    for name in PEERS:
+    for name in peers:
         out[name] = build_method(name, clf)
     return out
 
 
-def run_rank(variant: str, seed: int, n: int, classifier) -> pd.DataFrame:
+def run_variance(variant: str, seed: int, n: int, classifier) -> pd.DataFrame:
+    """The spread over ``random_state`` on one scene draw: one row per setting and state."""
+    tables = [
+        run_rank(variant, seed, n, classifier, _methods_for=(VARIANCE_SETTINGS, state)).assign(
+            random_state=state
+        )
+        for state in RANDOM_STATES
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def variance_report(table: pd.DataFrame) -> list[str]:
+    """Markdown: per setting, the sd over random states of the mean AUCs, and the mean
+    per-image sd (how much one image's score moves with the seed)."""
+    lines = [
+        f"## Spread over `random_state` ({len(RANDOM_STATES)} states, one scene draw)",
+        "",
+        "`random_state` seeds CCI's k-means (all estimators) and the sampled orders "
+        "(`owen`, `sampled_shapley`). sd of the 96-scene mean over the states, and the "
+        "per-image sd over the states averaged over the images.",
+        "",
+        "| model | method | deletion mean (sd over states) | per-image sd | insertion mean "
+        "(sd over states) | per-image sd |",
+        "| --- | --- | --- | ---: | --- | ---: |",
+    ]
+    for (variant, method), part in table.groupby(["variant", "method"], sort=False):
+        cells = []
+        for col in ("deletion", "insertion"):
+            means = part[col]
+            per_image = np.stack(part[f"{col}_per_image"].to_list()).std(0, ddof=1).mean()
+            cells += [f"{means.mean():.3f} ({means.std(ddof=1):.4f})", f"{per_image:.3f}"]
+        lines.append(f"| {variant} | {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def run_rank(variant: str, seed: int, n: int, classifier, _methods_for=None) -> pd.DataFrame:
     """One row per method: deletion / insertion AUC (mean over ``n`` scenes), cost."""
     from captum_clip.benchmark.methods import ForwardCounter
     from captum_clip.metrics import deletion_auc, insertion_auc
     from captum_clip.testbed import shapes
 
     clf = classifier(variant)
+    if _methods_for is None:
+        methods = _methods(clf)
+    else:
+        methods = _methods(clf, _methods_for[0], _methods_for[1], peers=())
     scenes = shapes.generate_scenes(n, seed=seed, rho=0.5, size=clf.image_size[0])
     x = shapes.normalize(scenes.images)
     with torch.no_grad():
@@ -64,7 +122,7 @@ def run_rank(variant: str, seed: int, n: int, classifier) -> pd.DataFrame:
         n_steps=N_STEPS, max_examples_per_batch=512,
     )  # fmt: skip
     rows = []
-    for name, fn in _methods(clf).items():
+    for name, fn in methods.items():
         t0 = time.perf_counter()
         with ForwardCounter(clf) as counter:
             attr = fn(x, target)
@@ -76,10 +134,13 @@ def run_rank(variant: str, seed: int, n: int, classifier) -> pd.DataFrame:
             {
                 "variant": variant, "seed": seed, "n": n, "method": name,
                 "deletion": float(dele.mean()), "insertion": float(ins.mean()),
+                "deletion_per_image": dele.cpu().numpy(), "insertion_per_image": ins.cpu().numpy(),
                 "forwards_per_image": counter.images / n, "seconds_per_image": seconds / n,
             }
         )  # fmt: skip
-        print(variant, seed, rows[-1], flush=True)
+        print(
+            variant, seed, {k: v for k, v in rows[-1].items() if "per_image" not in k}, flush=True
+        )
     return pd.DataFrame(rows)
 
 

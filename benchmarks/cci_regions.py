@@ -12,8 +12,9 @@ over seeds) and ``cci_regions.csv`` (one row per variant, seed and method; finis
     python benchmarks/cci_regions.py                       # 32 scenes x 3 seeds x variants
     python benchmarks/cci_regions.py --variants default --seeds 1 --n 8   # quick look
     python benchmarks/cci_regions.py --report              # tables from the CSV only
-    python benchmarks/cci_regions.py --rank --n 96 --variants default shortcut
-        # CCI settings within 64 forwards vs GradientRollout / IG (``_cci_rank.py``)
+    python benchmarks/cci_regions.py --rank --variance --n 96 --variants default shortcut
+        # CCI settings within 64 forwards vs GradientRollout / IG (``_cci_rank.py``),
+        # and their spread over CCI's random_state
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def run_diagnosis(variant: str, seed: int, n: int) -> dict:
     truth = causal_labels(clf, scenes, internal_batch_size=32)
     causal_fg = np.asarray(truth.labels) == "foreground"
     row: dict = {"variant": variant, "seed": seed, "n": n, "n_fg": int(causal_fg.sum())}
-    for name, method in (("ablation", REGION_ABLATION), ("cci", None)):
+    for name, method in (("ablation", REGION_ABLATION), ("cci", "cci")):
         d = diagnose(
             clf, x, scenes.masks, method=method, target=truth.target, internal_batch_size=32
         )
@@ -279,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="only rebuild the tables from the CSV")
     p.add_argument("--rank", action="store_true", help="the 64-forward ranking (_cci_rank.py)")
     p.add_argument(
+        "--variance", action="store_true",
+        help="with --rank: also the spread over CCI's random_state (5 states, first seed)",
+    )  # fmt: skip
+    p.add_argument(
         "--diagnosis-n", type=int, default=0,
         help="only diagnose this many scenes per seed (no faithfulness metrics)",
     )  # fmt: skip
@@ -330,18 +335,28 @@ def main(argv: list[str] | None = None) -> int:
 def rank_main(args: argparse.Namespace) -> int:
     """``--rank``: run missing (variant, seed) pairs, then write ``cci_regions_rank.md``."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from _cci_rank import rank_report, run_rank
+    from _cci_rank import rank_report, run_rank, run_variance, variance_report
 
     csv = RESULTS / "cci_regions_rank.csv"
     table = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
-    for variant in args.variants or ["default", "shortcut"]:
+    variants = args.variants or ["default", "shortcut"]
+    for variant in variants:
         for seed in args.seeds:
             if not table.empty and ((table["variant"] == variant) & (table["seed"] == seed)).any():
                 continue
             rows = run_rank(variant, seed, args.n, _testbed_classifier)
+            rows = rows.drop(columns=["deletion_per_image", "insertion_per_image"])
             table = pd.concat([table, rows], ignore_index=True)
             table.to_csv(csv, index=False)
-    text = "\n".join(["# CCI within 64 forwards per image vs the peers", ""] + rank_report(table))
+    lines = ["# CCI within 64 forwards per image vs the peers", ""] + rank_report(table)
+    var_md = RESULTS / "cci_regions_variance.md"
+    if args.variance:  # the spread over random_state, on the first seed's scenes
+        spread = pd.concat([run_variance(v, args.seeds[0], args.n, _testbed_classifier)
+                            for v in variants], ignore_index=True)  # fmt: skip
+        var_md.write_text("\n".join(variance_report(spread)))
+    if var_md.is_file():
+        lines += ["", var_md.read_text()]
+    text = "\n".join(lines)
     (RESULTS / "cci_regions_rank.md").write_text(text)
     print(text)
     return 0

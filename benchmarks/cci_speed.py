@@ -7,8 +7,8 @@ on one device (``--device cpu|cuda``); each row is wall clock with the device sy
 
 * ``forward, B(K+1) images``: one plain batched forward of B x (K+1) images -- the limit of
   CCI, which needs K+1 passes per image (one unmasked, K with a cluster hidden).
-* ``CCI``: ``CCI(clf, n_clusters=K).attribute(x, target)`` (attention mode, the default
-  batched torch k-means); below it, measured separately, its parts: the unmasked pass of B
+* ``CCI``: ``CCI(clf, n_clusters=K, estimator="occlusion").attribute(x, target)`` (the
+  paper's leave-one-out, attention mode, the default batched torch k-means); below it, measured separately, its parts: the unmasked pass of B
   images, the k-means of all images (share of CCI in brackets) and the masked forward of
   B x K rows (all images and clusters in one batch); on a GPU also, in brackets, the plain
   forward of the same B x K rows without a mask, with PyTorch's MultiheadAttention fast path
@@ -130,7 +130,7 @@ def bench_model(spec: str, device: torch.device, args, timer: Timer) -> tuple[li
     x_all = x.repeat(k + 1, 1, 1, 1)
     vision = clf.vision
     patch = vision.image_size[0] // vision.grid_size[0]
-    cci = CCI(clf, n_clusters=k, random_state=0)
+    cci = CCI(clf, n_clusters=k, random_state=0, estimator="occlusion")
 
     def forward():
         with torch.no_grad():
@@ -210,12 +210,14 @@ def bench_model(spec: str, device: torch.device, args, timer: Timer) -> tuple[li
     reps = args.repeats_captum or (1 if device.type == "cpu" else 3)
     skip = set(args.skip)
     if "pixel" not in skip:
-        pix = CCI(clf, n_clusters=k, mask_mode="pixel")
+        pix = CCI(clf, n_clusters=k, mask_mode="pixel", estimator="occlusion")
         rows.append(("CCI, pixel mode", timer.median(lambda: pix.attribute(x, target), reps)))
     if "sklearn" not in skip:
         from sklearn.cluster import KMeans
 
-        skl = CCI(clf, n_clusters=k, clusterer=KMeans(k, n_init=4, random_state=0))
+        skl = CCI(
+            clf, n_clusters=k, estimator="occlusion", clusterer=KMeans(k, n_init=4, random_state=0)
+        )
         t_skl = timer.median(lambda: skl.attribute(x, target), reps)
         rows.append(("CCI, scikit-learn KMeans(n_init=4) per image", t_skl))
     fmask = F.interpolate(res.labels[:, None].float(), size=x.shape[-2:], mode="nearest").long()

@@ -7,8 +7,15 @@ times, and one plot.
 
     python benchmarks/covar_testbed.py                      # ~1,150 images per model
     python benchmarks/covar_testbed.py --n-per-class 5 --n-backgrounds 16   # larger
+    python benchmarks/covar_testbed.py --diagnosis region_ablation --work-dir /tmp/ra
 
-Output: ``benchmarks/results/covar_testbed.md`` and ``benchmarks/results/covar_testbed.png``.
+The diagnosis defaults to the paper's CCI (``--diagnosis cci``), the one the committed
+results were computed with (``covar.evaluate`` itself defaults to region ablation since
+issue 21); a work dir holds one diagnosis, so give the other one its own ``--work-dir``
+(a work dir written before issue 21 lacks the ``diagnosis`` column: run with ``--fresh``).
+
+Output: ``benchmarks/results/covar_testbed.md`` and ``benchmarks/results/covar_testbed.png``
+(``covar_testbed_region_ablation.*`` with ``--diagnosis region_ablation``).
 """
 
 from __future__ import annotations
@@ -85,13 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-backgrounds", type=int, default=8, help="backgrounds (8 kinds, cycled)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--diagnosis", choices=("cci", "region_ablation"), default="cci",
+                   help="how the driver is decided (cci: the committed results)")  # fmt: skip
     p.add_argument("--n-clusters", type=int, default=5, help="CCI clusters K")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--work-dir", default="/tmp/captum_clip_covar_bench", help="composites + tables")
     p.add_argument("--fresh", action="store_true", help="delete --work-dir first (no resume)")
-    p.add_argument("--results", default=str(HERE / "results" / "covar_testbed.md"))
-    p.add_argument("--plot", default=str(HERE / "results" / "covar_testbed.png"))
+    p.add_argument("--results", help="default: results/covar_testbed[_region_ablation].md")
+    p.add_argument("--plot", help="default: results/covar_testbed[_region_ablation].png")
     args = p.parse_args(argv)
+    stem = "covar_testbed" + ("" if args.diagnosis == "cci" else f"_{args.diagnosis}")
+    args.results = args.results or str(HERE / "results" / f"{stem}.md")
+    args.plot = args.plot or str(HERE / "results" / f"{stem}.png")
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     if args.fresh and work.exists():
@@ -114,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     specs = [f"testbed:{v}" for v in available]
     t1 = time.perf_counter()
     res = evaluate(work / "data", specs, work / "eval", batch_size=args.batch_size,
-                   n_clusters=args.n_clusters, plot=False, show_progress=False)  # fmt: skip
+                   n_clusters=args.n_clusters, diagnosis=args.diagnosis, plot=False,
+                   show_progress=False)  # fmt: skip
     t_eval = time.perf_counter() - t1
     results = res.results[res.results["model"].isin(specs)]
     summary = res.summary[res.summary["model"].isin(specs)]
@@ -165,12 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `python benchmarks/covar_testbed.py --n-per-class {args.n_per_class} "
         f"--n-backgrounds {args.n_backgrounds} --seed {args.seed} --n-clusters {args.n_clusters} "
-        f"--threads {args.threads}`",
+        f"--threads {args.threads}"
+        + ("" if args.diagnosis == "cci" else f" --diagnosis {args.diagnosis}")
+        + "`",
         "",
         f"{len(inst)} instances (6 pattern classes x {args.n_per_class}) x {len(bgs)} backgrounds "
-        f"x 12 variants = **{n_img} composites** (64 px, exact masks). Attribution: CCI "
-        f"(K={args.n_clusters}, attention masking); driver threshold tau = 0.5; Fine-Er = "
-        "confusion among the three stripe classes. Machine: 2 shared CPU cores, "
+        f"x 12 variants = **{n_img} composites** (64 px, exact masks). "
+        + (
+            f"Diagnosis: the paper's CCI (K={args.n_clusters}, attention masking), driver "
+            "threshold tau = 0.5"
+            if args.diagnosis == "cci"
+            else "Diagnosis: region ablation (object / background hidden in attention), the "
+            "costlier region drives"
+        )
+        + "; Fine-Er = confusion among the three stripe classes. Machine: 2 shared CPU cores, "
         f"torch threads = {args.threads}, {os.cpu_count()} logical CPUs visible.",
         "",
         f"Wall time: build {t_build:.1f} s ({built.written} written, {built.skipped} reused), "

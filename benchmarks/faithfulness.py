@@ -93,10 +93,14 @@ def analysis(n: int = 48, seed: int | None = None) -> str:
         with torch.no_grad():
             t = clf(x).argmax(1)
             margin = clf(x).topk(2, 1).values
-        cci, res = CCI(clf, n_clusters=7).attribute(x, target=t, return_clusters=True)
+        cci, res = CCI(clf, n_clusters=7, estimator="occlusion").attribute(
+            x, target=t, return_clusters=True
+        )
         maps = {"CCI (K=7, logit)": cci.sum(1, keepdim=True)}
         maps["CCI (K=7, score='prob')"] = (
-            CCI(clf, n_clusters=7, score="prob").attribute(x, target=t).sum(1, keepdim=True)
+            CCI(clf, n_clusters=7, score="prob", estimator="occlusion")
+            .attribute(x, target=t)
+            .sum(1, keepdim=True)
         )
         for name in ("IntegratedGradients", "InputXGradient", "GradientRollout"):
             maps[name] = build_method(name, clf)(x, t).detach().sum(1, keepdim=True)

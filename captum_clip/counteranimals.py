@@ -11,7 +11,8 @@ an unusual *counter* one. The dataset's folder layout is::
 :class:`CounterAnimals` yields ``(image, class index, group)``; :func:`evaluate` reports
 accuracy per group and, with object masks, splits the accuracy drop into background-driven
 (BG-Er), fine-grained (Fine-Er) and other foreground (FG-Er) errors with
-:func:`captum_clip.diagnosis.diagnose`::
+:func:`captum_clip.diagnosis.diagnose` (region ablation by default, ``method="cci"`` for the
+paper's CCI)::
 
     drop = acc_common - acc_counter = Σ_c (rate_c(counter) - rate_c(common))
 
@@ -220,7 +221,10 @@ def evaluate(
             names); ``None`` reports accuracy only.
         batch_size: Images per batch.
         device: Where the images go (default: the images stay on the CPU).
-        method, tau, fine_groups, fine_threshold, text_embeddings: As in
+        method: As in :func:`~captum_clip.diagnosis.diagnose`: ``None`` /
+            ``"region_ablation"`` (default: the object and the background hidden in turn),
+            ``"cci"`` (the paper's CCI ``fg_share >= tau``), or an attribution method.
+        tau, fine_groups, fine_threshold, text_embeddings: As in
             :func:`~captum_clip.diagnosis.diagnose`.
         show_progress: tqdm bar over the batches.
 
@@ -236,7 +240,7 @@ def evaluate(
     if names is None and dataset.label_space == "dataset":
         names = dataset.class_names
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-    tables = []
+    tables, mode = [], None
     for images, labels, _ in tqdm(loader, desc="CounterAnimals", disable=not show_progress):
         images = images.to(device) if device is not None else images
         if masks is None:
@@ -266,6 +270,7 @@ def evaluate(
                 text_embeddings=text_embeddings,
             )
             tables.append(d.table)
+            mode = d.mode
     table = pd.concat(tables, ignore_index=True)
     info = dataset.frame()[["path", "group", "background"]]
     table = pd.concat([info.reset_index(drop=True), table], axis=1)
@@ -274,7 +279,7 @@ def evaluate(
     drop = accuracy["common"] - accuracy["counter"] if len(dataset.groups) == 2 else float("nan")
     diagnosis = split = None
     if masks is not None:
-        diagnosis = Diagnosis(table, float(tau), float(fine_threshold), names)
+        diagnosis = Diagnosis(table, float(tau), float(fine_threshold), names, mode)
         split = {}
         if len(dataset.groups) == 2:
             per = {g: table[table["group"] == g]["category"] for g in GROUPS}

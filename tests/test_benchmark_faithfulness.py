@@ -85,7 +85,7 @@ def test_harness_numbers_equal_direct_metric_calls(clf, data):
         chunk_size=1,
     )
     direct_maps = {
-        "CCI": CCI(clf, n_clusters=7).attribute(x, target=target),
+        "CCI": CCI(clf, n_clusters=7, estimator="occlusion").attribute(x, target=target),
         "Saliency": build_method("Saliency", clf)(x, target),
     }
     for name, attr in direct_maps.items():
@@ -144,7 +144,9 @@ def test_forward_counts_are_exact(clf, data):
         metric_settings=MetricSettings(n_steps=2, road_percentages=(50,), deletion_variants=()),
         chunk_size=2,
     )
-    _, clusters = CCI(clf, n_clusters=3).attribute(x, target=target, return_clusters=True)
+    _, clusters = CCI(clf, n_clusters=3, estimator="occlusion").attribute(
+        x, target=target, return_clusters=True
+    )
     n_hidden = int(torch.isfinite(clusters.scores).sum())  # one masked copy per cluster
     cost = res.cost
     assert cost.loc["CCI", "forwards_per_image"] == (2 + n_hidden) / 2  # + the unmasked pass

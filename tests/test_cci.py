@@ -67,7 +67,9 @@ def test_batched_scores_equal_separate_forwards(kind, tokenizer):
         head = ClipSimilarity(make_tiny_hf_clip(), ToyHFTokenizer(), ["a cat", "a red dog"])
     x = torch.randn(2, 3, 32, 32)
     target = [1, 0]
-    _, res = CCI(head, n_clusters=5).attribute(x, target=target, return_clusters=True)
+    _, res = CCI(head, n_clusters=5, estimator="occlusion").attribute(
+        x, target=target, return_clusters=True
+    )
     with torch.no_grad():
         torch.testing.assert_close(res.base_score, head(x)[[0, 1], target])
         for i in range(2):
@@ -80,7 +82,9 @@ def test_batched_scores_equal_separate_forwards(kind, tokenizer):
 
 
 def test_attention_mode_really_hides_the_cluster(clf, x):
-    _, res = CCI(clf, n_clusters=4).attribute(x, target=2, return_clusters=True)
+    _, res = CCI(clf, n_clusters=4, estimator="occlusion").attribute(
+        x, target=2, return_clusters=True
+    )
     flat = res.labels[0].reshape(-1)
     k = int(torch.bincount(flat).argmax())
     hidden = flat == k
@@ -154,7 +158,9 @@ def test_model_restored_after_exception(clf, x, tiny_vit):
 
 def test_one_batched_forward_for_all_variants(clf, x):
     wrapped = Counting(clf)
-    _, res = CCI(wrapped, n_clusters=(2, 3, 4)).attribute(x, target=0, return_clusters=True)
+    _, res = CCI(wrapped, n_clusters=(2, 3, 4), estimator="occlusion").attribute(
+        x, target=0, return_clusters=True
+    )
     n_variants = sum(int(torch.isfinite(r.scores).sum()) for r in res)
     assert wrapped.rows == [3, n_variants]  # unmasked pass, then every variant at once
 
@@ -177,7 +183,10 @@ class PatchLinear(nn.Module):
 def test_pixel_mode_closed_form(tiny_vit, x, normalize, baseline):
     coef = torch.linspace(-1, 2, 16)
     toy = PatchLinear(coef)
-    cci = CCI(toy, vision_model=tiny_vit, n_clusters=5, mask_mode="pixel", normalize=normalize)
+    cci = CCI(
+        toy, vision_model=tiny_vit, n_clusters=5, mask_mode="pixel", normalize=normalize,
+        estimator="occlusion",
+    )  # fmt: skip
     attr, res = cci.attribute(x, target=0, baselines=baseline, return_clusters=True)
     means = F.avg_pool2d(x.mean(1, keepdim=True), 8).flatten(1)
     fill = 0.0 if baseline is None else baseline
@@ -200,15 +209,16 @@ def test_pixel_mode_closed_form(tiny_vit, x, normalize, baseline):
 
 
 def test_normalisations_and_prob_score(clf, x):
-    _, raw = CCI(clf, n_clusters=4, normalize=None).attribute(x, 0, return_clusters=True)
-    _, ab = CCI(clf, n_clusters=4).attribute(x, 0, return_clusters=True)
-    _, sm = CCI(clf, n_clusters=4, normalize="sum").attribute(x, 0, return_clusters=True)
+    occ = dict(n_clusters=4, estimator="occlusion")
+    _, raw = CCI(clf, normalize=None, **occ).attribute(x, 0, return_clusters=True)
+    _, ab = CCI(clf, **occ).attribute(x, 0, return_clusters=True)
+    _, sm = CCI(clf, normalize="sum", **occ).attribute(x, 0, return_clusters=True)
     d = torch.nan_to_num(raw.deltas)
     torch.testing.assert_close(torch.nan_to_num(raw.weights), d)
     torch.testing.assert_close(torch.nan_to_num(ab.weights).abs().sum(1), torch.ones(3))
     torch.testing.assert_close(torch.nan_to_num(sm.weights).sum(1), torch.ones(3))
     torch.testing.assert_close(torch.nan_to_num(ab.weights), d / d.abs().sum(1, keepdim=True))
-    _, pr = CCI(clf, n_clusters=4, score="prob").attribute(x, 0, return_clusters=True)
+    _, pr = CCI(clf, score="prob", **occ).attribute(x, 0, return_clusters=True)
     with torch.no_grad():
         torch.testing.assert_close(pr.base_score, clf(x).softmax(1)[:, 0])
     assert ((pr.scores >= 0) & (pr.scores <= 1)).all()
@@ -305,3 +315,104 @@ def test_bad_input_errors(clf, x):
         CCI(clf, n_clusters=3).attribute(x, target=0, internal_batch_size=0)
     with pytest.raises(ValueError, match="pixel"):
         CCI(clf, n_clusters=3).attribute(x, target=0, baselines=0.5)
+
+
+# ------------------------------------------------------------------------ defaults
+@pytest.fixture(scope="module")
+def testbed():
+    """The bundled testbed CLIP (64x64 images, 8x8 = 64 patches) and two of its scenes."""
+    from captum_clip.testbed import load_testbed, shapes
+
+    model, _, tok = load_testbed("default")
+    head = ClipClassifier(model, tok, list(shapes.CLASS_NAMES), templates=["a photo of {}"])
+    s = shapes.generate_scenes(2, seed=3)
+    return head, shapes.normalize(s.images), s.labels
+
+
+def test_default_is_sufficiency_over_32_regions(testbed):
+    head, _, _ = testbed
+    assert head.vision.n_patches == 64
+    cci = CCI(head)
+    assert cci.estimator == "sufficiency" and cci.budget is None
+    assert cci.n_clusters == (min(32, head.vision.n_patches),) == (32,)
+    assert cci.mask_mode == "attention" and cci.normalize == "abs"
+    # K per estimator when n_clusters is not given
+    assert CCI(head, estimator="occlusion").n_clusters == (7,)
+    assert CCI(head, estimator="shapley").n_clusters == (7,)
+    assert CCI(head, estimator="banzhaf").n_clusters == (7,)
+    assert CCI(head, estimator="sampled_shapley").n_clusters == (16,)
+    assert CCI(head, estimator="owen").n_clusters == (16,)
+    assert CCI(head, estimator="owen", budget=None).n_clusters == (7,)  # exact Owen
+    assert CCI(head, n_clusters=5).estimator == "sufficiency"  # a given K keeps the default
+
+
+def test_default_values_equal_keep_one_region_by_hand(testbed):
+    """CCI(clf): v({k}) - v(∅) -- the score with only region k's patches visible minus the
+    score with every patch hidden -- normalised by Σ|.|, painted on the region's pixels."""
+    head, x, target = testbed
+    attr, res = CCI(head).attribute(x, target=target, return_clusters=True)
+    assert res.estimator == "sufficiency" and res.n_clusters == 32
+    assert res.labels.shape == (2, 8, 8) and res.values.shape == res.weights.shape == (2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(res.base_score, head(x)[[0, 1], target])
+        for i in range(2):
+            image, t = x[i : i + 1], int(target[i])
+            flat = res.labels[i].reshape(-1)
+            n = int(flat.max()) + 1
+            assert n > 2  # else "only k visible" would be a leave-one-out coalition too
+            with head.vision.hide_patches(torch.ones(1, 64, dtype=torch.bool)):
+                empty = head(image)[0, t]
+            values = []
+            for k in range(n):
+                with head.vision.hide_patches((flat != k)[None]):
+                    values.append(head(image)[0, t] - empty)
+            values = torch.stack(values)
+            torch.testing.assert_close(res.values[i, :n], values, rtol=1e-4, atol=1e-4)
+            weights = values / values.abs().sum()
+            torch.testing.assert_close(res.weights[i, :n], weights, rtol=1e-4, atol=1e-5)
+            assert torch.isnan(res.values[i, n:]).all() and torch.isnan(res.weights[i, n:]).all()
+            # no region was hidden alone: no leave-one-out score was evaluated
+            assert torch.isnan(res.scores[i]).all()
+            expected = weights[flat].reshape(8, 8).repeat_interleave(8, 0).repeat_interleave(8, 1)
+            torch.testing.assert_close(attr[i, 0], expected, rtol=1e-4, atol=1e-5)
+            assert torch.equal(attr[i, 0], attr[i, 2])
+
+
+def test_default_for_is_the_papers_occlusion_with_k7(testbed):
+    head, x, target = testbed
+    paper = CCI.default_for(head)
+    assert paper.estimator == "occlusion" and paper.n_clusters == (7,)
+    assert paper.mask_mode == "attention" and paper.normalize == "abs"
+    a, r = paper.attribute(x, target=target, return_clusters=True)
+    b, q = CCI(head, estimator="occlusion", n_clusters=7).attribute(
+        x, target=target, return_clusters=True
+    )
+    assert torch.equal(a, b) and torch.equal(r.labels, q.labels)
+    for u, v in ((r.scores, q.scores), (r.values, q.values), (r.weights, q.weights)):
+        torch.testing.assert_close(u, v, rtol=0, atol=0, equal_nan=True)
+    assert r.estimator == "occlusion"
+    torch.testing.assert_close(r.deltas, r.values, rtol=0, atol=0, equal_nan=True)
+    # the library default is another map
+    assert not torch.allclose(CCI(head).attribute(x, target=target), a)
+    # arguments still override the paper's settings
+    assert CCI.default_for(head, 3).n_clusters == (3,)
+    other = CCI.default_for(head, estimator="sufficiency")
+    assert other.estimator == "sufficiency" and other.n_clusters == (7,)
+
+
+def test_default_k_is_capped_at_the_grid(clf, tiny_resnet, tokenizer):
+    assert clf.vision.n_patches == 16  # 32x32 images, 8x8 patches
+    cci = CCI(clf)
+    assert cci.estimator == "sufficiency" and cci.n_clusters == (16,)
+    assert CCI(clf, estimator="sampled_shapley").n_clusters == (16,)
+    assert CCI(clf, estimator="occlusion").n_clusters == (7,)
+    assert CCI.default_for(clf, 40).n_clusters == (16,)
+    with pytest.raises(ValueError, match="larger than the 16 patches"):
+        CCI(clf, n_clusters=32)  # a K the user gives is not capped
+    attr, res = cci.attribute(torch.randn(1, 3, 32, 32), target=0, return_clusters=True)
+    assert res.n_clusters == 16 and res.values.shape == (1, 16) and torch.isfinite(attr).all()
+    # a convolutional tower in pixel mode: capped at the cells of its last feature map
+    rn = ClipClassifier(tiny_resnet, tokenizer, CLASSES)
+    conv = CCI(rn)
+    assert conv.mask_mode == "pixel" and conv.estimator == "sufficiency"
+    assert conv.n_clusters == (min(32, conv.vision.n_patches),) and conv.vision.n_patches < 32

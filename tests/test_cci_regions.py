@@ -84,7 +84,9 @@ def test_sufficiency_and_occlusion_on_user_regions(clf, x):
     _, suf = CCI(clf, estimator="sufficiency", normalize=None).attribute(
         x, target=0, regions=regions, return_clusters=True
     )
-    _, occ = CCI(clf, normalize=None).attribute(x, target=0, regions=regions, return_clusters=True)
+    _, occ = CCI(clf, estimator="occlusion", normalize=None).attribute(
+        x, target=0, regions=regions, return_clusters=True
+    )
     labels = patch_partition(regions.expand(2, -1, -1), (4, 4)).reshape(2, -1)
     for i in range(2):
         empty = coalition_score(clf, x[i], 0, torch.ones(16, dtype=torch.bool))
@@ -95,11 +97,14 @@ def test_sufficiency_and_occlusion_on_user_regions(clf, x):
             assert abs(float(occ.values[i, c]) - (float(occ.base_score[i]) - hide_one)) < 1e-4
 
 
-def test_user_regions_reproduce_kmeans_occlusion(clf, x):
-    """The k-means labels handed back as pixel regions give the same occlusion values."""
-    attr, res = CCI(clf, n_clusters=5).attribute(x, target=2, return_clusters=True)
+@pytest.mark.parametrize("estimator", ["occlusion", "sufficiency"])
+def test_user_regions_reproduce_kmeans_values(clf, x, estimator):
+    """The k-means labels handed back as pixel regions give the same region values."""
+    cci = CCI(clf, n_clusters=5, estimator=estimator)
+    attr, res = cci.attribute(x, target=2, return_clusters=True)
     pixels = F.interpolate(res.labels[:, None].float(), size=(32, 32)).long()[:, 0]
-    attr2, res2 = CCI(clf).attribute(x, target=2, regions=pixels, return_clusters=True)
+    attr2, res2 = cci.attribute(x, target=2, regions=pixels, return_clusters=True)
+    assert res2.estimator == res.estimator == estimator
     torch.testing.assert_close(res2.labels, res.labels)
     torch.testing.assert_close(res2.values, res.values, equal_nan=True, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(attr2, attr, rtol=1e-4, atol=1e-5)
@@ -151,7 +156,9 @@ class PatchLinear(nn.Module):
 def test_pixel_mode_additive_model_all_estimators_equal_occlusion(tiny_vit, x, estimator):
     toy = PatchLinear(torch.linspace(-1, 2, 16))
     kw = dict(vision_model=tiny_vit, n_clusters=4, mask_mode="pixel", normalize=None)
-    _, occ = CCI(toy, **kw).attribute(x, target=0, baselines=0.3, return_clusters=True)
+    _, occ = CCI(toy, estimator="occlusion", **kw).attribute(
+        x, target=0, baselines=0.3, return_clusters=True
+    )
     _, est = CCI(toy, estimator=estimator, **kw).attribute(
         x, target=0, baselines=0.3, return_clusters=True
     )

@@ -91,6 +91,58 @@ def test_gradcam_with_n_clusters_warns(tmp_path, capsys):
     assert "--n-clusters/--mask-mode only apply to --method cci" in capsys.readouterr().err
 
 
+def test_diagnosis_option_region_ablation_by_default_cci_on_request(tmp_path, capsys):
+    """``diagnose testbed``: the default (region ablation) and ``--diagnosis cci`` (the
+    paper's CCI) differ in the header, the rows' meanings, the caveat and the table's
+    columns, as docs/diagnosis.md says; the CCI table is diagnose(method=CCI K=2)'s."""
+    import numpy as np
+    import pandas as pd
+
+    from captum_clip.attr.cci import CCI
+    from captum_clip.commands import _diagnosis
+    from captum_clip.diagnosis import METHODS, diagnose
+    from captum_clip.models import ClipClassifier, load_clip
+
+    assert _diagnosis.DIAGNOSES == METHODS
+    base = ["diagnose", "testbed", "--n", "6", "--no-progress", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "ra.csv")]) == 0
+    ra = capsys.readouterr()
+    assert "region ablation (the object, then the background hidden) decides" in ra.out
+    assert "hiding the background lowers the logit more than hiding the object" in ra.out
+    assert "mean IoU" not in ra.out and "fg_share >= 0.5" not in ra.out
+    assert "intervention on this model's inputs" in ra.out and ra.err == ""
+    argv = [*base, "--diagnosis", "cci", "--n-clusters", "2", "--out", str(tmp_path / "c.csv")]
+    assert main(argv) == 0
+    cci = capsys.readouterr()
+    assert "CCI (K=2) explains the predicted class, tau=0.5" in cci.out
+    assert "| foreground-driven |" in cci.out and "fg_share >= 0.5" in cci.out
+    assert "mean IoU" in cci.out and "threshold on an attribution share" in cci.out
+    assert cci.err == ""
+    t_ra, t_cci = pd.read_csv(tmp_path / "ra.csv"), pd.read_csv(tmp_path / "c.csv")
+    assert {"fg_effect", "bg_effect"} <= set(t_ra) and t_ra["iou"].isna().all()
+    assert not {"fg_effect", "bg_effect"} & set(t_cci) and t_cci["iou"].notna().all()
+    model, _, tok = load_clip("testbed", variant="shortcut")
+    clf = ClipClassifier(model, tok, list(shapes.CLASS_NAMES), templates=("a photo of {}",))
+    scenes = shapes.generate_scenes(6, seed=0, rho=0.5, size=64)
+    d = diagnose(clf, shapes.normalize(scenes.images), scenes.masks, scenes.labels,
+                 method=CCI.default_for(clf, 2))  # fmt: skip
+    np.testing.assert_allclose(t_cci["fg_share"], d.table["fg_share"], rtol=1e-5)
+    assert t_cci["driver"].tolist() == d.table["driver"].tolist()
+    # options the chosen diagnosis does not use: a warning, not an error
+    assert main([*base, "--tau", "0.3", "--n-clusters", "3"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "warning: --n-clusters/--tau only apply to --diagnosis cci (the diagnosis is "
+        "region_ablation)"
+    ]
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--diagnosis", "paper"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: argument --diagnosis: invalid choice: 'paper'" in err
+    assert "'region_ablation', 'cci'" in err
+
+
 def test_offline_pretrained_tag_fails_at_once_with_cli_advice(tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
@@ -203,8 +255,7 @@ def test_every_command_writes_only_under_the_working_directory(tmp_path, monkeyp
         ["demo", "--n", "1", "--n-clusters", "2"],
         ["explain", str(scene), "--labels", "dots,checks", "--n-clusters", "2"],
         ["interactions", str(scene), "a photo of dots", "--n-steps", "1"],
-        ["diagnose", "testbed", "--n", "2", "--n-clusters", "2", "--no-progress",
-         "--out", "diag.csv"],
+        ["diagnose", "testbed", "--n", "2", "--no-progress", "--out", "diag.csv"],
         ["counteranimals", str(inputs / "ca"), "--model", "testbed", "--no-progress",
          "--out", "ca.parquet"],
         ["faithfulness", "testbed", "--variants", "default", "--n", "1", *fast],
@@ -214,8 +265,8 @@ def test_every_command_writes_only_under_the_working_directory(tmp_path, monkeyp
          "--n-steps", "1", "--examples", "1", "--out", "gr", "--no-progress"],
         ["covar", "build", "--out", "cv", "--n-per-class", "1", "--n-backgrounds", "1",
          "--classes", "dots", "--no-progress"],
-        ["covar", "eval", "cv", "--limit", "2", "--n-clusters", "2", "--batch-size", "2",
-         "--out", "cv_eval", "--no-progress"],
+        ["covar", "eval", "cv", "--limit", "2", "--batch-size", "2", "--out", "cv_eval",
+         "--no-progress"],
     ]  # fmt: skip
     announced = set()
     for argv in runs:

@@ -52,16 +52,15 @@ def _argv(command: str, spec: str, work, out) -> list[str]:
         return ["interactions", img, "a photo of dots", "--model", spec, "--n-steps", "1",
                 "--out", str(out / "i.png"), *dev]  # fmt: skip
     if command == "diagnose":
-        return ["diagnose", "testbed", "--model", spec, "--n", "1", "--n-clusters", "2",
-                "--no-progress", *dev]  # fmt: skip
+        return ["diagnose", "testbed", "--model", spec, "--n", "1", "--no-progress",
+                *dev]  # fmt: skip
     if command == "faithfulness":
         return ["faithfulness", "folder", str(work / "folder"), "--model", spec,
                 "--classes", *shapes.CLASS_NAMES, "--methods", "CCI", "--cci-k", "2",
                 "--n-steps", "1", "--road-percentages", "50", "--max-images", "1",
                 "--out", str(out / "f.md"), "--no-progress", *dev]  # fmt: skip
     return ["covar", "eval", str(work / "covar"), "--models", spec, "--limit", "1",
-            "--n-clusters", "2", "--batch-size", "1", "--no-progress",
-            "--out", str(out / "c"), *dev]  # fmt: skip
+            "--batch-size", "1", "--no-progress", "--out", str(out / "c"), *dev]  # fmt: skip
 
 
 #: What each command's figure must say about its target (checked on the Figure object).

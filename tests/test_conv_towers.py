@@ -124,8 +124,12 @@ def test_cci_auto_mode_is_pixel_and_maps_are_sane(family):
     assert res.labels.shape == (2, 4, 4)
     for labels in res.labels:  # every cell has a cluster, the clusters are 0..n-1
         assert set(labels.unique().tolist()) == set(range(int(labels.max()) + 1))
-    default = CCI.default_for(clf)
+    default = CCI.default_for(clf)  # the paper's CCI
     assert default.mask_mode == "pixel" and default.n_clusters == (7,)
+    assert default.estimator == "occlusion"
+    library = CCI(clf)  # sufficiency, K = 32 capped at the 16 cells of the last stage
+    assert library.mask_mode == "pixel" and library.estimator == "sufficiency"
+    assert library.n_clusters == (16,)
     with pytest.raises(ValueError, match="mask_mode='pixel'"):
         CCI(clf, mask_mode="attention")
 
@@ -139,7 +143,7 @@ def test_cci_equals_hand_implementation(family):
     x = images(1, seed=3, dtype=torch.float64)
     k, target = 3, 2
     km = KMeans(n_clusters=k, n_init=4, random_state=0)
-    attr, res = CCI(clf, n_clusters=k, clusterer=km).attribute(
+    attr, res = CCI(clf, n_clusters=k, clusterer=km, estimator="occlusion").attribute(
         x, target=target, return_clusters=True
     )
     with torch.no_grad():
@@ -284,7 +288,7 @@ def test_user_named_grid_layer():
     target = torch.tensor([2, 0])
     gc = vit_gradcam(clf, grid_layer=layer).patch_maps(x, target=target)
     torch.testing.assert_close(gc, hand_gradcam(clf, layer, x, target), rtol=1e-5, atol=1e-7)
-    cci = CCI(clf, n_clusters=4, grid_layer=layer)
+    cci = CCI(clf, n_clusters=4, grid_layer=layer, estimator="occlusion")
     assert isinstance(cci.vision, LayerTower) and cci.mask_mode == "pixel"
     attr, res = cci.attribute(x, target=target, return_clusters=True)
     assert res.labels.shape == (2, 8, 8) and torch.isfinite(attr).all()

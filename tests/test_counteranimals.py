@@ -161,6 +161,17 @@ def test_evaluate_accuracies_and_diagnosis_split(tmp_path):
     )
     assert r1.table["category"].tolist() == t["category"].tolist()
     np.testing.assert_allclose(r1.table["fg_share"], t["fg_share"], rtol=1e-6)
+    assert r.diagnosis.mode == "attribution" and (s["mode"] == "attribution").all()
+    # the default diagnosis: region ablation (pixel mode: the half replaced by black); on
+    # these two-colour images it calls the same drivers as the brightness map
+    ra = evaluate(clf, ds, left_half, batch_size=5, fine_groups=[{"leatherback turtle", "lion"}])
+    assert ra.diagnosis.mode == "region_ablation"
+    assert (ra.summary()["mode"] == "region_ablation").all()
+    assert ra.table["category"].tolist() == t["category"].tolist()
+    assert ra.split == pytest.approx(r.split, nan_ok=True)
+    left = torch.stack([ds[i][0][:, :, :8].mean(dim=(1, 2)) for i in range(len(ds))]) / 2
+    pred = torch.tensor(want_pred)
+    np.testing.assert_allclose(ra.table["fg_effect"], left[torch.arange(12), pred], atol=1e-6)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(clf, ds, batch_size=0)
 

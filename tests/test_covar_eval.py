@@ -1,8 +1,10 @@
-"""``covar eval``: per-image rows, summaries, resume after an interruption, CLI."""
+"""``covar eval``: per-image rows (region ablation by default, the paper's CCI on request),
+summaries, resume after an interruption, one diagnosis per folder, CLI."""
 
 from __future__ import annotations
 
 import importlib
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ import captum_clip.storage.tables as rs
 from captum_clip import covar
 from captum_clip.cli import main as cli_main
 from captum_clip.covar._models import TESTBED_TEMPLATES, ModelEntry, resolve_model
+from captum_clip.diagnosis.region_ablation import region_effects
 from captum_clip.models import ClipClassifier
 from captum_clip.testbed import zoo
 
@@ -67,9 +70,43 @@ def _entry(key="tb", loader=None):
 
 @pytest.fixture(scope="module")
 def reference(root, tmp_path_factory):
+    """The default evaluation: region ablation (objects that cover no 8 px patch by the
+    majority rule stay undecided: one warning for all batches)."""
     out = tmp_path_factory.mktemp("covar_eval") / "ref"
+    with pytest.warns(UserWarning, match=r"covar eval tb: \d+ of 36 image\(s\) have") as rec:
+        r = ev.evaluate(root, [_entry()], out, batch_size=4, chunk_batches=2, n_clusters=3,
+                        show_progress=False)  # fmt: skip
+    assert len([w for w in rec if "image(s) have" in str(w.message)]) == 1
+    return r
+
+
+@pytest.fixture(scope="module")
+def cci_reference(root, tmp_path_factory):
+    """The paper's diagnosis (the default before issue 21)."""
+    out = tmp_path_factory.mktemp("covar_eval") / "cci"
     return ev.evaluate(root, [_entry()], out, batch_size=4, chunk_batches=2, n_clusters=3,
-                       show_progress=False)  # fmt: skip
+                       diagnosis="cci", plot=False, show_progress=False)  # fmt: skip
+
+
+def _direct(root, res):
+    """The classifier, the saved composites (as the table orders them), masks and labels."""
+    model, preprocess, tok = make_testbed_model()
+    clf = ClipClassifier(model, tok, CLASSES, templates=TESTBED_TEMPLATES)
+    m = covar.load_manifest(root).set_index("image_id").loc[res["image_id"]]
+    x = torch.stack([preprocess(Image.open(root / p).convert("RGB")) for p in m["image_path"]])
+    masks = torch.stack([torch.from_numpy(np.asarray(Image.open(root / p)) > 127)
+                         for p in m["mask_path"]])  # fmt: skip
+    return clf, m, x, masks, torch.tensor(m["class_index"].to_numpy())
+
+
+def _check_categories(res):
+    wrong = ~res["correct"]
+    stripes = {"horizontal stripes", "vertical stripes"}
+    fine = res["pred_name"].isin(stripes) & res["class_name"].isin(stripes)
+    expect = np.where(~wrong, "correct", np.where(res["driver"] == "background", "BG-Er",
+                                                  np.where(fine, "Fine-Er", "FG-Er")))  # fmt: skip
+    expect[wrong.to_numpy() & res["driver"].isna().to_numpy()] = "unknown"
+    np.testing.assert_array_equal(res["category"].to_numpy(), expect)
 
 
 def test_rows_agree_with_direct_computation(root, reference):
@@ -77,12 +114,9 @@ def test_rows_agree_with_direct_computation(root, reference):
     manifest = covar.load_manifest(root)
     assert len(res) == len(manifest) == 36 and reference.computed == 36
     assert list(res["image_id"]) == sorted(manifest["image_id"])
-    assert res["model"].eq("tb").all()
+    assert res["model"].eq("tb").all() and res["diagnosis"].eq("region_ablation").all()
     # predictions: the zero-shot classifier applied directly to the saved PNGs
-    model, preprocess, tok = make_testbed_model()
-    clf = ClipClassifier(model, tok, CLASSES, templates=TESTBED_TEMPLATES)
-    m = manifest.set_index("image_id").loc[res["image_id"]]
-    x = torch.stack([preprocess(Image.open(root / p).convert("RGB")) for p in m["image_path"]])
+    clf, m, x, masks, labels = _direct(root, res)
     with torch.no_grad():
         pred = clf(x).argmax(1).numpy()
     np.testing.assert_array_equal(res["pred"].to_numpy(), pred)
@@ -90,20 +124,53 @@ def test_rows_agree_with_direct_computation(root, reference):
     np.testing.assert_array_equal(res["correct"].to_numpy(), pred == m["class_index"].to_numpy())
     area = np.array([(np.asarray(Image.open(root / p)) == 255).mean() for p in m["mask_path"]])
     np.testing.assert_allclose(res["mask_area"].to_numpy(), area, rtol=1e-6)
-    assert ((res["fg_share"] >= 0) & (res["fg_share"] <= 1)).all()
+    # region ablation: the predicted logit with the object / the background hidden
+    _, fg_eff, bg_eff = region_effects(clf, x, masks, torch.from_numpy(pred))
+    np.testing.assert_allclose(res["fg_effect"], fg_eff.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(res["bg_effect"], bg_eff.numpy(), rtol=1e-4, atol=1e-4)
+    assert res["iou"].isna().all()
+    known = res["fg_effect"].notna()
+    assert known.sum() >= 30
+    drv = np.where(res["fg_effect"] >= res["bg_effect"], "foreground", "background")
+    np.testing.assert_array_equal(res["driver"][known].to_numpy(), drv[known])
+    assert res["driver"][~known].isna().all()
+    share = res["fg_share"].dropna()
+    assert ((share >= 0) & (share <= 1)).all()
+    _check_categories(res)
+
+
+def test_cci_diagnosis_reproduces_the_papers_numbers(root, cci_reference):
+    """diagnosis="cci" is the old default: CCI (K=3) fg_share >= tau, batch by batch."""
+    from captum_clip.attr.cci import CCI
+    from captum_clip.diagnosis import diagnose
+
+    res = cci_reference.results
+    assert res["diagnosis"].eq("cci").all() and len(res) == 36
+    assert res[["fg_effect", "bg_effect"]].isna().all().all()
+    clf, _, x, masks, labels = _direct(root, res)
+    fine = [list(g) for g in ev.TESTBED_FINE_GROUPS]
+    fine = [[c for c in g if c in CLASSES] for g in fine]
+    parts = [diagnose(clf, x[s : s + 4], masks[s : s + 4], labels[s : s + 4],
+                      method=CCI.default_for(clf, 3), fine_groups=fine).table
+             for s in range(0, 36, 4)]  # the batches of evaluate(batch_size=4)  # fmt: skip
+    want = pd.concat(parts, ignore_index=True)
+    for col in ("pred", "fg_share", "iou", "mask_area", "similarity"):
+        np.testing.assert_allclose(res[col].to_numpy(dtype=float),
+                                   want[col].to_numpy(dtype=float), rtol=1e-5)  # fmt: skip
+    for col in ("driver", "category"):
+        np.testing.assert_array_equal(res[col].to_numpy(), want[col].to_numpy())
     drv = np.where(res["fg_share"] >= 0.5, "foreground", "background")
     np.testing.assert_array_equal(res["driver"].to_numpy(), drv)
-    wrong = ~res["correct"]
-    stripes = {"horizontal stripes", "vertical stripes"}
-    fine = res["pred_name"].isin(stripes) & res["class_name"].isin(stripes)
-    expect = np.where(~wrong, "correct", np.where(res["driver"] == "background", "BG-Er",
-                                                  np.where(fine, "Fine-Er", "FG-Er")))  # fmt: skip
-    np.testing.assert_array_equal(res["category"].to_numpy(), expect)
+    assert res["iou"].notna().all()
+    _check_categories(res)
 
 
-def test_summary_matches_results(reference):
-    res, summ = reference.results, reference.summary
+@pytest.mark.parametrize("which", ["reference", "cci_reference"])
+def test_summary_matches_results(which, request):
+    evaluated = request.getfixturevalue(which)
+    res, summ = evaluated.results, evaluated.summary
     assert list(summ["subset"]) == [t.name for t in covar.TRANSFORMS] + ["all"]
+    assert summ["diagnosis"].eq(res["diagnosis"].iloc[0]).all()
     for row in summ.itertuples(index=False):
         part = res if row.subset == "all" else res[res["transform"] == row.subset]
         assert row.n == len(part)
@@ -112,12 +179,15 @@ def test_summary_matches_results(reference):
         assert row.n_errors == n_err
         bg = int((part["category"] == "BG-Er").sum())
         assert row.bg_er == bg and row.bg_er_of_all == pytest.approx(bg / len(part))
+        assert row.unknown == int(part["driver"].isna().sum())
+        assert row.unknown_er == int((part["category"] == "unknown").sum())
         if n_err:
             assert row.bg_er_rate == pytest.approx(bg / n_err)
-            total = row.bg_er_rate + row.fg_er_rate + row.fine_er_rate
+            total = row.bg_er_rate + row.fg_er_rate + row.fine_er_rate + row.unknown_er / n_err
             assert total == pytest.approx(1.0)
-    assert (reference.out_dir / "covar_eval.png").is_file()
-    assert not any((reference.out_dir / "parts").glob("*/*"))
+    if which == "reference":
+        assert (evaluated.out_dir / "covar_eval.png").is_file()
+    assert not any((evaluated.out_dir / "parts").glob("*/*"))
 
 
 def test_interrupted_run_resumes_without_recomputing(root, reference, tmp_path, monkeypatch):
@@ -163,8 +233,11 @@ def test_interrupted_run_resumes_without_recomputing(root, reference, tmp_path, 
 def test_constant_attribution_gives_area_share(root, tmp_path):
     """With a constant positive map, fg_share is exactly the mask's area fraction."""
     const = lambda x, target: torch.ones(x.shape[0], 1, *x.shape[-2:])  # noqa: E731
+    with pytest.raises(ValueError, match="attribution= replaces CCI's map and needs diagnosis"):
+        ev.evaluate(root, [_entry()], tmp_path / "c", attribution=const, show_progress=False)
+    assert not (tmp_path / "c").exists()
     r = ev.evaluate(root, [_entry()], tmp_path / "c", batch_size=6, attribution=const,
-                    subsets=["identity", "scale-0.50"], tau=0.2, plot=False,
+                    diagnosis="cci", subsets=["identity", "scale-0.50"], tau=0.2, plot=False,
                     show_progress=False)  # fmt: skip
     res = r.results
     assert set(res["transform"]) == {"identity", "scale-0.50"} and len(res) == 6
@@ -198,6 +271,57 @@ def test_two_models_and_cli(root, reference, tmp_path):
     assert second.computed == 8
     assert set(second.results["model"]) == {"other", f"testbed:default:{ckpt}"}
     assert list(second.results["model"]) == sorted(second.results["model"])
+
+
+def test_one_diagnosis_per_folder(root, reference, cci_reference, tmp_path, capsys):
+    """A folder written with one diagnosis is refused with the other (Python and CLI), and
+    resumed with its own."""
+    for done, other in ((reference, "cci"), (cci_reference, "region_ablation")):
+        own = done.results["diagnosis"].iloc[0]
+        copy = tmp_path / own
+        shutil.copytree(done.out_dir, copy)
+        with pytest.raises(ValueError, match=f"diagnosed with {own!r}, not with {other!r}"):
+            ev.evaluate(root, [_entry()], copy, n_clusters=3, diagnosis=other,
+                        show_progress=False)  # fmt: skip
+        with pytest.raises(ValueError, match=f"diagnosed with {own!r}"):  # any model
+            ev.evaluate(root, [_entry("other")], copy, diagnosis=other, show_progress=False)
+        argv = ["covar", "eval", str(root), "--models", "testbed", "--out", str(copy),
+                "--no-progress", "--no-plot", "--device", "cpu"]  # fmt: skip
+        if other == "cci":
+            argv += ["--diagnosis", "cci"]
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("captum-clip covar eval: error: ")
+        assert f"--diagnosis {own}" in err[0]
+        again = ev.evaluate(root, [_entry()], copy, n_clusters=3, diagnosis=own, plot=False,
+                            show_progress=False)  # fmt: skip
+        assert again.computed == 0
+        pd.testing.assert_frame_equal(again.results, done.results)
+    with pytest.raises(ValueError, match=r"diagnosis must be one of \('region_ablation', 'cci'\)"):
+        ev.evaluate(root, [_entry()], tmp_path / "x", diagnosis="CCI", show_progress=False)
+
+
+def test_cli_diagnosis_option(root, reference, cci_reference, tmp_path, capsys):
+    """``covar eval --diagnosis cci`` writes the rows of ``diagnosis="cci"``; the default
+    those of region ablation; the printed summary says which."""
+    if not zoo.weights_path("default").is_file():
+        pytest.skip("the bundled default testbed weights are missing")
+    for flags, want, says in (
+        ([], reference, "Diagnosis: region ablation"),
+        (["--diagnosis", "cci", "--n-clusters", "3"], cci_reference, "the paper's CCI (K=3)"),
+    ):
+        out = tmp_path / (flags[1] if flags else "default")
+        argv = ["covar", "eval", str(root), "--models", "testbed", "--out", str(out),
+                "--batch-size", "4", "--no-progress", "--no-plot", "--device", "cpu",
+                *flags]  # fmt: skip
+        assert cli_main(argv) == 0
+        printed = capsys.readouterr().out
+        assert says in printed
+        got = pd.read_parquet(out / "results.parquet") if (out / "results.parquet").is_file() else (
+            pd.read_csv(out / "results.csv"))  # fmt: skip
+        drop = ["model", "model_hash"]
+        pd.testing.assert_frame_equal(got.drop(columns=drop), want.results.drop(columns=drop),
+                                      check_exact=False, rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
 def test_bad_arguments(root, tmp_path):
@@ -270,4 +394,5 @@ def test_open_clip_model_and_text_closeness(tmp_path):
     fg = res["driver"] == "foreground"
     expected = np.where(~wrong, "correct", np.where(~fg, "BG-Er",
                         "Fine-Er" if cos > 0.5 else "FG-Er"))  # fmt: skip
+    expected[wrong.to_numpy() & res["driver"].isna().to_numpy()] = "unknown"
     np.testing.assert_array_equal(res["category"].to_numpy(), expected)

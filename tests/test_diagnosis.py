@@ -1,4 +1,7 @@
-"""Foreground/background diagnosis: hand-built cases with known answers, and the testbed."""
+"""Foreground/background diagnosis: hand-built cases with known answers, and the testbed.
+
+Attribution mode (``attributions=``, an attribution method, ``method="cci"``) here; the
+default, region ablation, in ``test_diagnosis_ablation.py``."""
 
 from __future__ import annotations
 
@@ -289,7 +292,8 @@ def test_testbed_shortcut_diagnosis_agrees_with_causal_truth():
     # half aligned (shortcut available), half random backgrounds
     scenes = shapes.generate_scenes(160, seed=11, rho=0.5)
     x = shapes.normalize(scenes.images)
-    d = diagnose(clf, x, scenes.masks, scenes.labels, internal_batch_size=40)
+    d = diagnose(clf, x, scenes.masks, scenes.labels, method="cci", internal_batch_size=40)
+    assert d.mode == "attribution"
     truth = causal.causal_labels(clf, scenes)
     pred = torch.tensor(d.table["pred"].to_numpy())
     assert torch.equal(pred, truth.pred)
@@ -307,9 +311,8 @@ def test_testbed_default_model_is_mostly_foreground_driven():
     from captum_clip.testbed import shapes
 
     scenes = shapes.generate_scenes(100, seed=12, rho=0.0)
-    d = diagnose(
-        clf, shapes.normalize(scenes.images), scenes.masks, scenes.labels, internal_batch_size=50
-    )
+    x = shapes.normalize(scenes.images)
+    d = diagnose(clf, x, scenes.masks, scenes.labels, method="cci", internal_batch_size=50)
     s = d.summary()
     chance = d.table["mask_area"].mean()  # fg_share of a constant map
     print(
@@ -322,9 +325,13 @@ def test_testbed_default_model_is_mostly_foreground_driven():
     assert s["mean_fg_share"] >= chance + 0.1
 
 
-def test_default_method_is_cci_on_vit_and_resnet(tiny_vit, tiny_resnet, tokenizer):
+def test_cci_method_is_the_papers_cci_on_vit_and_resnet(tiny_vit, tiny_resnet, tokenizer):
+    """``method="cci"`` is the old default: CCI.default_for(clf), i.e. the paper's
+    leave-one-out CCI with K=7 (capped at the grid), attention masking on a ViT and pixel
+    masking otherwise."""
     pytest.importorskip("captum_clip.attr.cci")
     from captum_clip.attr.cci import CCI
+    from captum_clip.metrics import mask_iou, mask_share
     from captum_clip.models import ClipClassifier
 
     names = ["cat", "dog", "car"]
@@ -334,12 +341,41 @@ def test_default_method_is_cci_on_vit_and_resnet(tiny_vit, tiny_resnet, tokenize
         x = torch.randn(3, 3, size, size)
         m = torch.zeros(3, size, size, dtype=torch.bool)
         m[:, : size // 2] = True
-        d = diagnose(clf, x, m, fine_groups=[])
+        labels = torch.tensor([0, 1, 2])
+        d = diagnose(clf, x, m, labels, method="cci", fine_groups=[], internal_batch_size=2)
+        assert d.mode == "attribution" and "fg_effect" not in d.table
+        explicit = diagnose(clf, x, m, labels, method=CCI.default_for(clf), fine_groups=[],
+                            internal_batch_size=2)  # fmt: skip
+        pd.testing.assert_frame_equal(d.table, explicit.table)
         pred = clf(x).argmax(1)
-        want = CCI(clf, n_clusters=k, mask_mode=mode).attribute(x, target=pred)
-        from captum_clip.metrics import mask_share
-
+        paper = CCI(clf, n_clusters=k, mask_mode=mode, estimator="occlusion")
+        want = paper.attribute(x, target=pred)
         np.testing.assert_allclose(d.table["fg_share"], mask_share(want, m).numpy(), rtol=1e-5)
+        iou = [float(mask_iou(want[i : i + 1], m[i : i + 1], seed=i)[0]) for i in range(3)]
+        np.testing.assert_allclose(d.table["iou"], iou, rtol=1e-5)
+        driver = np.where(d.table["fg_share"] >= 0.5, "foreground", "background")
+        np.testing.assert_array_equal(d.table["driver"].to_numpy(), driver)
+
+
+def test_method_strings_and_attributions():
+    """``attributions=`` without a method is attribution mode; a method string with them, or
+    an unknown string, is a ValueError naming the accepted strings."""
+    from captum_clip.diagnosis import METHODS, PAPER_CCI, REGION_ABLATION
+
+    assert METHODS == (REGION_ABLATION, PAPER_CCI) == ("region_ablation", "cci")
+    d = run()  # attributions=, no method
+    assert d.mode == "attribution" and d.summary()["mode"] == "attribution"
+    assert "fg_effect" not in d.table and d.table["iou"].notna().all()
+    x, m, a = toy_images(), toy_masks(), toy_attr()
+    for bad in ("CCI", "ablation", "", "region-ablation"):
+        with pytest.raises(ValueError, match="'region_ablation', 'cci'") as info:
+            diagnose(Toy(), x, m, LABELS, method=bad)
+        assert repr(bad) in str(info.value)
+    for name in METHODS:
+        with pytest.raises(ValueError, match=f"method={name!r} computes .*drop attributions="):
+            diagnose(Toy(), x, m, LABELS, attributions=a, method=name)
+    with pytest.raises(TypeError, match="method must have .attribute"):
+        diagnose(Toy(), x, m, LABELS, method=3)
 
 
 def test_measure_batch_is_the_per_batch_step_of_diagnose():

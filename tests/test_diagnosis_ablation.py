@@ -1,8 +1,10 @@
-"""Diagnosis by region ablation: effects from independent forwards, driver, summary, testbed."""
+"""Diagnosis by region ablation (the default): effects from independent forwards, driver,
+summary, testbed."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,27 @@ def test_effects_equal_separate_hidden_forwards(clf):
     assert plain.summary()["mode"] == "attribution"
 
 
+def test_default_is_region_ablation(clf, tiny_resnet, tokenizer):
+    """``method=None`` gives exactly the table of ``method="region_ablation"`` (attention
+    mode on a ViT, pixel mode on a ResNet), and measure_batch defaults the same way."""
+    from captum_clip.diagnosis import measure_batch
+
+    resnet = ClipClassifier(tiny_resnet, tokenizer, CLASSES)
+    for model, size in ((clf, 32), (resnet, 64)):
+        x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(2))
+        masks = disc_masks(4, size)
+        labels = torch.tensor([0, 1, 2, 0])
+        d = diagnose(model, x, masks, labels, fine_groups=[], internal_batch_size=3)
+        same = diagnose(model, x, masks, labels, method=REGION_ABLATION, fine_groups=[],
+                        internal_batch_size=3)  # fmt: skip
+        assert d.mode == same.mode == REGION_ABLATION
+        pd.testing.assert_frame_equal(d.table, same.table)
+        assert {"fg_effect", "bg_effect"} <= set(d.table) and d.table["iou"].isna().all()
+        step = measure_batch(model, x, masks)
+        torch.testing.assert_close(step["fg_effect"], torch.tensor(d.table["fg_effect"].values))
+        torch.testing.assert_close(step["bg_effect"], torch.tensor(d.table["bg_effect"].values))
+
+
 def test_pixel_mode_and_two_extra_rows(clf):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     masks = disc_masks(2)
@@ -85,9 +108,9 @@ def test_degenerate_masks_are_unknown_and_errors(clf):
     masks[0, :2, :2] = True  # covers no patch by the majority rule
     masks[1] = True  # covers every patch: nothing left to call background
     with pytest.warns(UserWarning, match="covering no or every patch"):
-        d = diagnose(clf, x, masks, method=REGION_ABLATION)
+        d = diagnose(clf, x, masks)  # the default mode
     assert d.table["driver"].isna().all() and d.table["fg_effect"].isna().all()
-    with pytest.raises(ValueError, match="region_ablation"):
+    with pytest.raises(ValueError, match="one of \\('region_ablation', 'cci'\\)"):
         diagnose(clf, x, masks, method="ablation")
     with pytest.raises(ValueError, match="drop attributions"):
         diagnose(clf, x, masks, method=REGION_ABLATION, attributions=torch.zeros(2, 32, 32))

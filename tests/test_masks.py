@@ -205,10 +205,11 @@ def test_sam_masker_cci_box_fallback(tiny_vit, tokenizer):
     sam = tiny_sam()
     masker = SamMasker(model=sam, classifier=clf, cci_kwargs={"n_clusters": 3})
     boxes = masker.boxes(x, ["rocket", "cat"])
-    want = boxes_from_attributions(CCI(clf, n_clusters=3).attribute(x, target=[2, 0]))
+    paper = CCI(clf, n_clusters=3, estimator="occlusion")  # what CCI.default_for(clf, 3) is
+    want = boxes_from_attributions(paper.attribute(x, target=[2, 0]))
     assert [b.tolist() for b in boxes] == [[w.tolist()] for w in want]
     pred = clf(x).argmax(1)
-    want_pred = boxes_from_attributions(CCI(clf, n_clusters=3).attribute(x, target=pred))
+    want_pred = boxes_from_attributions(paper.attribute(x, target=pred))
     assert [b[0].tolist() for b in masker.boxes(x, None)] == want_pred.tolist()
     # the detector comes first; CCI fills in where it finds nothing
     both = SamMasker(

@@ -87,16 +87,21 @@ print("GradCAM attributions:", tuple(cam.shape), f"in {t_cam:.2f} s")
 # %% [markdown]
 # ## After: CCI — a one-line swap
 #
-# `CCI(clf).attribute(x, target=t)` has the same contract. It clusters the patch tokens
-# of the last block (k-means, K=7 by default), hides each cluster from every attention
-# layer and reads the drop of the target logit `Δs_k`. No gradients; K + 1 forward
-# passes per image, all masked variants in one batched forward.
+# `CCI(clf, estimator="occlusion").attribute(x, target=t)` has the same contract. This is
+# the paper's CCI: it clusters the patch tokens of the last block (k-means, K=7 regions),
+# hides each cluster from every attention layer and reads the drop of the target logit
+# `Δs_k` (leave-one-out). No gradients; K + 1 forward passes per image, all masked
+# variants in one batched forward. `CCI(clf)` without `estimator` now defaults to
+# `"sufficiency"` over K=32 regions (the score with only region k visible minus the score
+# with nothing visible; K + 2 forwards), first on whole-patch deletion in
+# `benchmarks/results/cci_regions_rank.md`; we compute that map too.
 
 # %%
 t0 = time.perf_counter()
-attr = CCI(clf).attribute(x, target=labels)  # <- the only line that changes
+attr = CCI(clf, estimator="occlusion").attribute(x, target=labels)  # <- the line that changes
 t_cci = time.perf_counter() - t0
 print("CCI attributions:", tuple(attr.shape), f"in {t_cci:.2f} s")
+suff = CCI(clf).attribute(x, target=labels)  # the library default: sufficiency, K=32
 
 # %% [markdown]
 # Both maps have the inputs' shape, so everything downstream in a Captum workflow —
@@ -106,10 +111,10 @@ print("CCI attributions:", tuple(attr.shape), f"in {t_cci:.2f} s")
 # (`pointing_game`):
 
 # %%
-for name, a in (("GradCAM", cam), ("CCI", attr)):
+for name, a in (("GradCAM", cam), ("CCI", attr), ("CCI sufficiency", suff)):
     share = mask_share(a, scenes.masks).mean().item()
     hit = pointing_game(a, scenes.masks).mean().item()
-    print(f"{name:8s} mask share {share:.2f}   pointing game {hit:.2f}")
+    print(f"{name:15s} mask share {share:.2f}   pointing game {hit:.2f}")
 print(f"object area (chance level of mask share): {scenes.masks.float().mean():.2f}")
 
 # %% [markdown]
@@ -117,10 +122,12 @@ print(f"object area (chance level of mask share): {scenes.masks.float().mean():.
 #
 # `return_clusters=True` also returns a `CCIResult`: the cluster of every patch
 # (`labels`), the masked scores, the deltas `Δs_k` and the normalised weights
-# `w_k = Δs_k / Σ|Δs_j|`, and the most important region (`top_cluster()`).
+# `w_k = Δs_k / Σ|Δs_j|`, and the most important region (`top_cluster()`). (With another
+# estimator `values` holds the region values the weights normalise, and `scores` only the
+# leave-one-out scores that estimator evaluated.)
 
 # %%
-cci = CCI(clf, n_clusters=5, random_state=0)
+cci = CCI(clf, n_clusters=5, estimator="occlusion", random_state=0)
 attr5, res = cci.attribute(x, target=labels, return_clusters=True)
 print("patch grid:", tuple(res.labels.shape[1:]), " K =", res.n_clusters)
 print("image 0: base logit", round(res.base_score[0].item(), 3))
@@ -149,6 +156,9 @@ compare_methods(x[0], {"GradCAM": cam[0], "CCI": attr[0]}, mask=scenes.masks[0])
 # %% [markdown]
 # ## Options you will reach for
 #
+# * `estimator=`: how a region is valued — `"occlusion"` (the paper's leave-one-out),
+#   `"sufficiency"` (the default), exact `"shapley"` / `"banzhaf"` (K <= 10), or sampled
+#   `"sampled_shapley"` / `"owen"` within `budget=` forwards (`docs/cci.md`; tutorial 3).
 # * `n_clusters=(3, 5, 7)`: a multi-K ensemble (the maps are averaged; one batch).
 # * `score="prob"`: explain the softmax probability instead of the logit.
 # * `mask_mode="pixel"` (with `baselines=`): replace the region's pixels by a baseline
@@ -156,8 +166,9 @@ compare_methods(x[0], {"GradCAM": cam[0], "CCI": attr[0]}, mask=scenes.masks[0])
 # * `internal_batch_size=`: bound memory; `show_progress=True`: a tqdm bar.
 
 # %%
-ens = CCI(clf, n_clusters=(3, 5, 7)).attribute(x, target=labels)
-pix = CCI(clf, mask_mode="pixel").attribute(x, target=labels, internal_batch_size=32)
+paper = dict(estimator="occlusion")  # the paper's CCI, as above
+ens = CCI(clf, n_clusters=(3, 5, 7), **paper).attribute(x, target=labels)
+pix = CCI(clf, mask_mode="pixel", **paper).attribute(x, target=labels, internal_batch_size=32)
 for name, a in (("CCI K=(3,5,7)", ens), ("CCI pixel mode", pix)):
     print(f"{name:15s} mask share {mask_share(a, scenes.masks).mean():.2f}")
 
@@ -181,6 +192,7 @@ print(f"mask share {mask_share(smooth, scenes.masks).mean():.2f}")
 # ```python
 # cam = vit_gradcam(clf).attribute(x, target=t)   # before
 # attr = CCI(clf).attribute(x, target=t)          # after: same shape, same contract
+# paper = CCI(clf, estimator="occlusion")         # the paper's leave-one-out CCI, K=7
 # ```
 #
 # Next: tutorial 2 (which caption words match which regions) and tutorial 3 (is the

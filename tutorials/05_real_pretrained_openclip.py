@@ -103,13 +103,17 @@ if RANDOM:
 # %% [markdown]
 # ## CCI and GradCAM
 #
-# The same calls as on the testbed. ViT-B/32 at 224 px has a 7×7 patch grid, so K=5
-# regions is a reasonable default here.
+# The same calls as on the testbed. We run the paper's CCI (leave-one-out,
+# `estimator="occlusion"`): ViT-B/32 at 224 px has a 7×7 patch grid, so K=5 regions is
+# a reasonable choice here. `CCI(clf)` without arguments now defaults to
+# `estimator="sufficiency"` over K=32 regions (capped at the grid's 49 patches), first on
+# whole-patch deletion in `benchmarks/results/cci_regions_rank.md`.
 
 # %%
 target = torch.tensor([0, 1])  # explain "cat" for the cat, "astronaut" for the astronaut
 t0 = time.perf_counter()
-attr, res = CCI(clf, n_clusters=5).attribute(x, target=target, return_clusters=True)
+cci = CCI(clf, estimator="occlusion", n_clusters=5)  # the paper's CCI with K=5
+attr, res = cci.attribute(x, target=target, return_clusters=True)
 print(f"CCI: {tuple(attr.shape)} in {time.perf_counter() - t0:.1f} s")
 print("cluster weights (cat):", [round(w, 3) for w in res.weights[0].tolist()])
 cam = vit_gradcam(clf, x, target=target)
@@ -147,6 +151,7 @@ fig  # noqa: B018  (a pyplot-free Figure: a notebook shows the last expression)
 # Nothing in the code. With `load_clip("ViT-B-32", pretrained="openai")` the predictions
 # above are correct, CCI's top region covers the cat, and the "cat" row of the
 # interaction matrix concentrates on it. Bigger models (`ViT-B-16`, `ViT-L-14`) have
-# finer patch grids (14×14, 16×16): CCI costs K + 1 forward passes per image, the
-# interactions about one block forward per integration step at the default layers.
+# finer patch grids (14×14, 16×16): the paper's CCI costs K + 1 forward passes per image
+# (the sufficiency default K + 2), the interactions about one block forward per
+# integration step at the default layers.
 # Hugging Face models load with `load_clip("hf:openai/clip-vit-base-patch32")`.

@@ -50,7 +50,20 @@ NORMALIZATIONS = ("abs", "sum", None)
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 SCORES = ("logit", "prob")
 DEFAULT_N_CLUSTERS = 7
-"""K of :meth:`CCI.default_for`, the CCI that ``diagnose``, COVAR and the CLI use."""
+"""K of :meth:`CCI.default_for` (the paper's CCI: ``diagnose(method="cci")``, COVAR with
+``diagnosis="cci"``) and of the exact estimators and ``"occlusion"``."""
+DEFAULT_ESTIMATOR = "sufficiency"
+"""``CCI()``'s estimator: first on whole-patch deletion and ahead of the paper's occlusion on
+insertion in ``benchmarks/results/cci_regions_rank.md`` (``docs/cci.md``)."""
+#: Default K per estimator (others: :data:`DEFAULT_N_CLUSTERS`); capped at the grid's cells.
+DEFAULT_K = {"sufficiency": 32, "sampled_shapley": 16, "owen": 16}
+
+
+def default_n_clusters(estimator: str, budget: Any) -> int:
+    """K when ``n_clusters`` is not given (budgeted estimators without a budget: exact, 7)."""
+    if estimator in _regions.BUDGETED and budget is None:
+        return DEFAULT_N_CLUSTERS
+    return DEFAULT_K.get(estimator, DEFAULT_N_CLUSTERS)
 
 
 class CCI(PerturbationAttribution):
@@ -64,8 +77,9 @@ class CCI(PerturbationAttribution):
         layer: Block (ViT) or stage (convolutional tower) whose output is clustered
             (default the last).
         n_clusters: K, or a sequence of K (multi-K ensemble: the maps are averaged).
-            Default: 16 for the budgeted estimators (``"owen"``, ``"sampled_shapley"``)
-            with a budget, 7 otherwise.
+            Default (capped at the cells of the tower's grid): 32 for ``"sufficiency"``,
+            16 for the budgeted estimators (``"owen"``, ``"sampled_shapley"``) with a
+            budget, 7 otherwise (the paper's K).
         mask_mode: ``"auto"`` (default: ``"attention"`` on a ViT tower, ``"pixel"`` on any
             other tower or with ``grid_layer``), ``"attention"`` (hide patch keys in every
             attention layer; ViTs) or ``"pixel"`` (replace the cluster's pixels by
@@ -80,9 +94,10 @@ class CCI(PerturbationAttribution):
         random_state: Seed of the default k-means and of the sampled permutations.
         score: ``"logit"`` (the raw output at ``target``) or ``"prob"`` (softmax first).
         estimator: How a region's value is estimated from coalitions of hidden regions
-            (``docs/cci.md``): ``"occlusion"`` (the paper: drop when region k alone is
-            hidden; K+1 forwards per image), ``"sufficiency"`` (score with only k
-            visible minus score with nothing visible; K+2), ``"shapley"`` / ``"banzhaf"``
+            (``docs/cci.md``): ``"sufficiency"`` (default: score with only k visible
+            minus score with nothing visible; K+2 forwards per image, each showing one
+            region, so on attention towers about one forward in all), ``"occlusion"``
+            (the paper: drop when region k alone is hidden; K+1), ``"shapley"`` / ``"banzhaf"``
             (exact, all 2^K coalitions, K <= 10) or ``"sampled_shapley"`` (antithetic
             permutation sampling within ``budget``) or ``"owen"`` (Owen values of a
             two-level cluster tree: the K regions grouped again by k-means into
@@ -112,7 +127,7 @@ class CCI(PerturbationAttribution):
         clusterer: Any = None,
         random_state: int = 0,
         score: str = "logit",
-        estimator: str = "occlusion",
+        estimator: str = DEFAULT_ESTIMATOR,
         budget: int | None | str = "default",
         grid_layer: nn.Module | None = None,
         channels_last: bool = False,
@@ -138,10 +153,11 @@ class CCI(PerturbationAttribution):
         self.layer = layer
         self.vision.block_index(layer)  # validates
         if n_clusters is None:
-            sampled = estimator in _regions.BUDGETED and budget is not None
-            n_clusters = 16 if sampled else DEFAULT_N_CLUSTERS
-            if self.vision.is_vit:
+            n_clusters = default_n_clusters(estimator, budget)
+            try:  # never more regions than the grid has cells
                 n_clusters = min(n_clusters, self.vision.n_patches)
+            except ValueError:  # a named grid layer of a tower without an image size
+                pass
         self.n_clusters = check_n_clusters(n_clusters)
         if mask_mode == "attention" and not self.vision.is_vit:
             raise ValueError(
@@ -169,8 +185,10 @@ class CCI(PerturbationAttribution):
     def default_for(
         cls, forward_func: Callable, n_clusters: int = DEFAULT_N_CLUSTERS, **kwargs: Any
     ) -> CCI:
-        """The default CCI of a classifier (the one constructor ``diagnose``, COVAR and the
-        CLI use).
+        """The paper's CCI of a classifier: leave-one-out (``estimator="occlusion"``) over
+        K=7 regions -- what ``diagnose(method="cci")``, COVAR with ``diagnosis="cci"`` and
+        the CLI's ``--diagnosis cci`` use. (``CCI(forward_func)`` itself defaults to
+        ``estimator="sufficiency"``, K=32.)
 
         K is ``n_clusters`` capped at the number of cells of the tower's feature grid
         (patches of a ViT, cells of a convolutional tower's last map); the masking is
@@ -189,6 +207,7 @@ class CCI(PerturbationAttribution):
             k = min(k, vision.n_patches)
         except ValueError:  # a named grid layer of a tower without an image size
             pass
+        kwargs.setdefault("estimator", "occlusion")
         return cls(forward_func, n_clusters=k, **kwargs)
 
     @property

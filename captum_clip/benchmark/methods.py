@@ -154,9 +154,10 @@ def _cci(k: Any) -> Callable[[Any, MethodSettings], AttributeFn]:
 
         vit = clf.vision.is_vit
         ks = (s.cci_k,) if k == "single" else tuple(s.cci_multi_k)
-        method = CCI(
-            clf, n_clusters=ks if len(ks) > 1 else ks[0], mask_mode="attention" if vit else "pixel"
-        )
+        method = CCI(  # the paper's leave-one-out ("CCI" in every table is the paper's)
+            clf, n_clusters=ks if len(ks) > 1 else ks[0], estimator="occlusion",
+            mask_mode="attention" if vit else "pixel",
+        )  # fmt: skip
         return lambda x, t: method.attribute(x, target=t, internal_batch_size=s.batch_size)
 
     return build

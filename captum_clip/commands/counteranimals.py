@@ -9,8 +9,9 @@ from captum_clip.commands import _common, _diagnosis
 
 DESCRIPTION = """\
 Zero-shot accuracy on CounterAnimals' common vs counter (unusual) backgrounds and the drop
-between them. With a mask source every image is also diagnosed and the drop split into
-BG-Er / Fine-Er / FG-Er parts (differences of per-image error rates; they sum to the drop).
+between them. With a mask source every image is also diagnosed (--diagnosis: region
+ablation by default, or the paper's CCI) and the drop split into BG-Er / Fine-Er / FG-Er
+parts (differences of per-image error rates; they sum to the drop).
 """
 EPILOG = """\
 ROOT holds the class folders "<ImageNet index> <name>/{common-*,counter-*}/*.jpg"
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from captum_clip.counteranimals import CounterAnimals, evaluate
 
     _common.check_positive(args, "n_clusters", "batch_size")
+    if args.sam_checkpoint:  # without a mask source nothing is diagnosed
+        _diagnosis.warn_unused(args, 7, cci_boxes=not args.grounding_dino)
     names = CounterAnimals(args.root).class_names
     clf, loaded, spec = _common.classifier(args, names, args.templates)
     device = clf.text_embeddings.device
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         masks,
         batch_size=args.batch_size,
         device=device,
-        method=_diagnosis.default_method(clf, args.n_clusters) if masks is not None else None,
+        method=_diagnosis.method(args, clf) if masks is not None else None,
         tau=args.tau,
         fine_threshold=args.fine_threshold,
         show_progress=not args.no_progress,
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             rows.append({"quantity": key, "value": value, "meaning": SPLIT_MEANING.get(key, "")})
     print(_common.markdown_table(rows, ["quantity", "value", "meaning"]))
     if res.diagnosis is not None:
-        print("\n" + _diagnosis.CAVEAT.format(tau=args.tau))
+        print(f"\nDiagnosis: {_diagnosis.describe(args)}.")
+        print("\n" + _diagnosis.caveat(res.diagnosis.mode, args.tau))
     if args.out:
         _common.write_table(res.table, args.out)
     return 0

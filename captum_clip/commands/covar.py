@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from captum_clip.commands import _common
+from captum_clip.commands import _common, _diagnosis
 
 BUILD_EPILOG = """\
 sources:
@@ -50,11 +50,22 @@ def _add_build(sub) -> None:
 
 EVAL_DESCRIPTION = """\
 Zero-shot accuracy and the foreground/background diagnosis of every model on every subset
-(transform) of a `covar build` folder. Resumable: finished chunks are kept. Writes the
-per-image results, a summary table and a plot into --out, and prints the summary; columns:
+(transform) of a `covar build` folder. The driver of each prediction is decided by region
+ablation (default: the object and the background hidden in turn) or, with --diagnosis cci,
+by the paper's CCI fg_share >= --tau. Resumable: finished chunks are kept (an --out folder
+holds one --diagnosis). Writes the per-image results, a summary table and a plot into
+--out, and prints the summary; columns:
 n images, accuracy, bg_er_of_all = background-driven errors / all images, bg_er_rate /
 fg_er_rate / fine_er_rate = BG-Er / FG-Er / Fine-Er as shares of the errors.
 """
+
+
+#: How ``--diagnosis`` decides the driver, for the line under the printed summary.
+_DRIVER = {
+    "region_ablation": "region ablation, background-driven = hiding the background lowers "
+    "the predicted logit more than hiding the object",
+    "cci": "the paper's CCI (K={k}), background-driven = fg_share < tau = {tau}",
+}
 
 
 def _add_eval(sub) -> None:
@@ -77,8 +88,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (resumes if it exists)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--chunk-batches", type=int, default=4, help="batches per saved chunk")
-    p.add_argument("--n-clusters", type=int, default=5, help="CCI clusters K")
-    p.add_argument("--tau", type=float, default=0.5, help="fg_share threshold")
+    _diagnosis.add_diagnosis_arg(p)
+    p.add_argument("--n-clusters", type=int, default=5, help="CCI clusters K (--diagnosis cci)")
+    p.add_argument("--tau", type=float, default=0.5, help="fg_share threshold (--diagnosis cci)")
     p.add_argument(
         "--fine-threshold",
         type=float,
@@ -145,6 +157,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for spec in args.models:
         if parse_model_spec(spec).random_weights:
             print(_common.random_weights_warning(spec), file=sys.stderr)
+    _diagnosis.warn_unused(args, 5)
     res = evaluate(
         args.root,
         args.models,
@@ -153,6 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
         chunk_batches=args.chunk_batches,
         n_clusters=args.n_clusters,
         tau=args.tau,
+        diagnosis=args.diagnosis,
         fine_threshold=args.fine_threshold,
         subsets=args.subsets,
         limit=args.limit,
@@ -169,7 +183,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(_common.markdown_table(res.summary[cols]))
         print(
             "\nbg_er_of_all = background-driven errors / all images; *_rate = BG-Er, FG-Er, "
-            "Fine-Er as shares of the errors (docs/covar.md)."
+            "Fine-Er as shares of the errors (docs/covar.md). Diagnosis: "
+            + _DRIVER[args.diagnosis].format(k=args.n_clusters, tau=args.tau)
+            + "."
         )
         for stem in ("results", "summary"):
             _common.wrote(find_table(res.out_dir, stem))

@@ -10,18 +10,22 @@ from captum_clip.commands import _common, _diagnosis
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 DESCRIPTION = """\
-For every image: explain the predicted class with CCI, measure fg_share (positive
-attribution mass inside the object mask), call the prediction foreground-driven when
-fg_share >= --tau, and sort every error into BG-Er (background-driven), Fine-Er
-(foreground-driven, close classes) or FG-Er (other foreground-driven). Prints a Markdown
-summary (rows explained, see docs/diagnosis.md); --out writes the per-image table.
+For every image: decide whether the prediction is foreground- or background-driven, and
+sort every error into BG-Er (background-driven), Fine-Er (foreground-driven, close
+classes) or FG-Er (other foreground-driven). --diagnosis region_ablation (default) hides
+the object and, separately, the background and calls the costlier one the driver;
+--diagnosis cci (the paper's) explains the predicted class with CCI and calls it
+foreground-driven when fg_share (positive attribution mass inside the object mask) >=
+--tau. Prints a Markdown summary (rows explained, see docs/diagnosis.md); --out writes the
+per-image table (region_ablation adds fg_effect / bg_effect; cci fills iou).
 """
 FOLDER_EPILOG = """\
 layout:
   IMAGES/<class name>/<image>.jpg        labels from the sub-folder names
   MASKS/<class name>/<image stem>.png    object masks (white = object), same names
 masks instead from SAM: --sam-checkpoint FILE (boxes from --grounding-dino DIR, else from
-the top CCI cluster -- a heuristic that biases the diagnosis towards "foreground").
+the top CCI cluster, K = --n-clusters -- a heuristic that biases the diagnosis towards
+"foreground").
 """
 
 
@@ -51,7 +55,7 @@ def add_parser(subparsers) -> None:
     t.add_argument(
         "--causal",
         action="store_true",
-        help="also score fg_share against interventional labels (agreement, AUROC)",
+        help="also score the diagnosis against interventional labels (agreement, AUROC)",
     )
     _common_args(t)
     t.set_defaults(func=run_testbed)
@@ -72,14 +76,12 @@ def add_parser(subparsers) -> None:
 
 
 def _finish(d, args, spec, what: str, causal: dict | None = None) -> int:
-    print(
-        f"Diagnosis of {spec.text} on {what}: CCI (K={args.n_clusters}) explains the "
-        f"predicted class, tau={args.tau}\n"
-    )
+    print(f"Diagnosis of {spec.text} on {what}: {_diagnosis.describe(args)}\n")
     print(_diagnosis.summary_table(d.summary(), args.tau, args.fine_threshold))
     if causal is not None:
-        print("\nfg_share vs interventional truth (testbed.causal_labels):\n")
-        print(_diagnosis.causal_table(causal))
+        score = "fg_effect - bg_effect" if d.mode == "region_ablation" else "fg_share"
+        print(f"\n{score} vs interventional truth (testbed.causal_labels):\n")
+        print(_diagnosis.causal_table(causal, d.mode))
     if args.out:
         _common.write_table(d.table, args.out)
     return 0
@@ -91,6 +93,7 @@ def run_testbed(args: argparse.Namespace) -> int:
     from captum_clip.testbed import causal, shapes
 
     _common.check_positive(args, "n", "n_clusters", "batch_size")
+    _diagnosis.warn_unused(args, 7)
     clf, _, spec = _common.classifier(args, list(shapes.CLASS_NAMES))
     device = clf.text_embeddings.device
     size = clf.image_size[0] if clf.image_size else 64
@@ -101,7 +104,7 @@ def run_testbed(args: argparse.Namespace) -> int:
         x,
         scenes.masks,
         scenes.labels,
-        method=_diagnosis.default_method(clf, args.n_clusters),
+        method=_diagnosis.method(args, clf),
         tau=args.tau,
         fine_threshold=args.fine_threshold,
         internal_batch_size=args.batch_size,
@@ -140,6 +143,7 @@ def run_folder(args: argparse.Namespace) -> int:
     if (args.masks is None) == (args.sam_checkpoint is None):
         raise ValueError("give exactly one mask source: --masks DIR or --sam-checkpoint FILE")
     _common.check_positive(args, "n_clusters", "batch_size")
+    _diagnosis.warn_unused(args, 7, cci_boxes=bool(args.sam_checkpoint and not args.grounding_dino))
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
     classes = list(args.classes) if args.classes else subdirs
     extra = [s for s in subdirs if s not in classes]
@@ -168,7 +172,7 @@ def run_folder(args: argparse.Namespace) -> int:
         x,
         provider,
         torch.tensor(labels),
-        method=_diagnosis.default_method(clf, args.n_clusters),
+        method=_diagnosis.method(args, clf),
         tau=args.tau,
         fine_threshold=args.fine_threshold,
         internal_batch_size=args.batch_size,

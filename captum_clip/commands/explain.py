@@ -13,8 +13,43 @@ Classify one image zero-shot over --labels and explain one class with CCI (clust
 importance: which image regions, removed together, change the class score) or ViT GradCAM.
 Prints the class probabilities (and CCI's region weights) and writes one figure: the
 image, the attribution map (green supports the explained class, red opposes it) and, for
-CCI, the regions with their weights.
+CCI, the regions with their weights. CCI is the paper's by default (a region's value is the
+drop of the class logit when that region alone is hidden); --estimator picks another.
 """
+
+ESTIMATORS: tuple[str, ...] = (
+    "occlusion", "sufficiency", "shapley", "banzhaf", "sampled_shapley", "owen"
+)  # fmt: skip
+"""``--estimator`` choices: ``captum_clip.attr.ESTIMATORS`` (a test checks), spelled out so
+that building the parser imports nothing heavy."""
+EXACT: tuple[str, ...] = ("shapley", "banzhaf")
+"""Estimators that evaluate all 2^K coalitions: K <= :data:`MAX_EXACT_K`."""
+MAX_EXACT_K = 10  # captum_clip.attr._regions.MAX_EXACT_K (a test checks)
+SAMPLED: tuple[str, ...] = ("sampled_shapley", "owen")  # captum_clip.attr._regions.BUDGETED
+BUDGET = 63  # captum_clip.attr._regions.DEFAULT_BUDGET: masked forwards of the sampled ones
+ESTIMATOR_HELP = (
+    "CCI's region value (cci only): occlusion is the paper's (the drop of the class logit "
+    "when the region alone is hidden; K+1 forwards); sufficiency is the library's default "
+    "(CCI(clf)) and the benchmark's best on whole-patch deletion (the logit with only the "
+    "region visible minus the logit with nothing visible; K+2 forwards); shapley / banzhaf "
+    f"are exact over all 2^K coalitions (--n-clusters <= {MAX_EXACT_K}); sampled_shapley / "
+    f"owen sample Shapley / Owen values within {BUDGET} masked forwards per image "
+    f"(--n-clusters <= {BUDGET}); docs/cci.md compares them"
+)
+#: What a region's value is, per estimator (the header of the printed region list).
+VALUE_MEANING = {
+    "occlusion": "the drop of the class logit when the region alone is hidden",
+    "sufficiency": (
+        "the class logit with only the region visible minus the logit with nothing visible"
+    ),
+    "shapley": "the region's exact Shapley value over all coalitions of hidden regions",
+    "banzhaf": "the region's exact Banzhaf value over all coalitions of hidden regions",
+    "sampled_shapley": f"the region's Shapley value sampled within {BUDGET} masked forwards",
+    "owen": (
+        "the region's Owen value (regions grouped by k-means) sampled within "
+        f"{BUDGET} masked forwards"
+    ),
+}
 
 
 def add_parser(subparsers) -> None:
@@ -35,6 +70,7 @@ def add_parser(subparsers) -> None:
         help="prompt template with '{}' (default: 'a photo of a {}.'; testbed 'a photo of {}')",
     )
     p.add_argument("--n-clusters", type=int, default=7, help="CCI clusters K (cci only)")
+    p.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATORS[0], help=ESTIMATOR_HELP)
     p.add_argument(
         "--mask-mode",
         choices=("attention", "pixel"),
@@ -56,8 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if args.target is not None and args.target not in labels:
         raise ValueError(f"--target {args.target!r} is not one of the labels {labels}")
     _common.check_positive(args, "n_clusters")
+    check_estimator(args.estimator, args.n_clusters)
     if args.method == "gradcam" and (args.n_clusters != 7 or args.mask_mode is not None):
         print("warning: --n-clusters/--mask-mode only apply to --method cci", file=sys.stderr)
+    if args.method == "gradcam" and args.estimator != "occlusion":
+        print("warning: --estimator only applies to --method cci", file=sys.stderr)
     templates = [args.template] if args.template else None
     clf, loaded, spec = _common.classifier(args, labels, templates)  # fails first, fast
     import torch
@@ -80,21 +119,27 @@ def run(args: argparse.Namespace) -> int:
     clusters = None
     if args.method == "cci":
         mode = {"mask_mode": args.mask_mode} if args.mask_mode else {}
-        attr, res = CCI.default_for(clf, args.n_clusters, **mode).attribute(
-            x, target=target, return_clusters=True
-        )
+        cci = CCI.default_for(clf, args.n_clusters, estimator=args.estimator, **mode)
+        attr, res = cci.attribute(x, target=target, return_clusters=True)
         clusters = (res.labels[0].cpu(), res.weights[0].cpu())
-        weights = res.weights[0]
+        weights, values = res.weights[0], res.values[0]
+        print(
+            f"CCI {args.estimator}, K={res.n_clusters}, highest first; value = "
+            f"{VALUE_MEANING[args.estimator]} (the number in front: value / sum of |values|)"
+        )  # no "weight" in this line: scripts read the region lines by that word
         for rank, k in enumerate(torch.nan_to_num(weights, nan=-1e9).argsort(descending=True)):
             if torch.isfinite(weights[k]):
                 area = float((res.labels[0] == k).float().mean())
-                print(f"  region {rank + 1}: weight {weights[k]:+.3f}  area {area:.2f}")
+                print(
+                    f"  region {rank + 1}: weight {weights[k]:+.3f}  value {values[k]:+.3f}"
+                    f"  area {area:.2f}"
+                )
     else:
         attr = vit_gradcam(clf, x, target=target)
     fig = explain_figure(
         x[0].cpu(),
         attr[0].detach().cpu(),
-        method="CCI" if args.method == "cci" else "GradCAM",
+        method=cci_name(args.estimator) if args.method == "cci" else "GradCAM",
         target_name=labels[target],
         target_prob=float(probs[target]),
         target_kind="predicted" if target == pred else "given",
@@ -105,3 +150,23 @@ def run(args: argparse.Namespace) -> int:
     )
     _common.save_figure(fig, args.out)
     return 0
+
+
+def check_estimator(estimator: str, n_clusters: int) -> None:
+    """ValueError naming the options when ``--n-clusters`` is too large for ``--estimator``
+    (before the model is loaded; CCI checks the same with its own K, capped at the grid)."""
+    if estimator in EXACT and n_clusters > MAX_EXACT_K:
+        raise ValueError(
+            f"--estimator {estimator} evaluates all 2^K coalitions and allows --n-clusters <= "
+            f"{MAX_EXACT_K}, got {n_clusters}; use --estimator sampled_shapley for more regions"
+        )
+    if estimator in SAMPLED and n_clusters > BUDGET:
+        raise ValueError(
+            f"--estimator {estimator} samples within {BUDGET} masked forwards per image and "
+            f"allows --n-clusters <= {BUDGET}, got {n_clusters}"
+        )
+
+
+def cci_name(estimator: str) -> str:
+    """Name of the CCI map in the figure: plain ``CCI`` for the paper's."""
+    return "CCI" if estimator == "occlusion" else f"CCI ({estimator})"

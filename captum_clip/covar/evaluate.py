@@ -1,8 +1,10 @@
 """``covar eval``: zero-shot accuracy and diagnosis per model and subset of a COVAR folder.
 
-For each model every composite is classified zero-shot, attributed with CCI, and diagnosed
-with its exact mask (:func:`captum_clip.diagnosis.diagnose`): ``fg_share``, ``driver`` and,
-for errors, ``BG-Er`` / ``Fine-Er`` / ``FG-Er``. Output folder::
+For each model every composite is classified zero-shot and diagnosed with its exact mask
+(:func:`captum_clip.diagnosis.diagnose`): by region ablation (default; ``diagnosis=
+"region_ablation"``: the object and the background hidden in turn) or by the paper's CCI
+``fg_share`` (``diagnosis="cci"``), giving ``driver`` and, for errors, ``BG-Er`` /
+``Fine-Er`` / ``FG-Er``. Output folder::
 
     <out>/results.parquet    one row per model x image (sorted by model, image_id)
     <out>/summary.parquet    one row per model x subset (transform), plus subset "all"
@@ -11,8 +13,9 @@ for errors, ``BG-Er`` / ``Fine-Er`` / ``FG-Er``. Output folder::
 
 (``.csv`` instead of ``.parquet`` without pyarrow.) Rows already present (keyed by model +
 image id) are never recomputed, so an interrupted run resumes where it stopped; every row
-carries ``model_hash`` (:meth:`ModelEntry.identity`), and stored rows of the same spec with
-other weights are refused, not reused. The bookkeeping is a
+carries ``model_hash`` (:meth:`ModelEntry.identity`) and ``diagnosis``: stored rows of the
+same spec with other weights are refused, not reused, and a folder holds one diagnosis (a
+run with another one is refused). The bookkeeping is a
 :class:`captum_clip.storage.ResumableTable`: several processes may write one output
 folder at once (each writes its own chunk files; reads and merges hold a lock on the
 folder), and every stored file is checked (columns, value ranges) before it is trusted.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ from captum_clip._validate import check_batch_size
 from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.covar.build import load_manifest
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
+from captum_clip.diagnosis.batch import METHODS, PAPER_CCI, REGION_ABLATION
 from captum_clip.storage import ResumableTable, TableSchema, read_image, table_path, write_table
 
 __all__ = ["EvalResult", "TESTBED_FINE_GROUPS", "evaluate", "summarise_results"]
@@ -49,21 +54,23 @@ TESTBED_FINE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("horizontal stripes", "vertical stripes", "diagonal stripes"),
 )
 """Close relatives among the testbed classes (a Fine-Er confuses two of them)."""
+UNDECIDED_WARNING = r"\d+ image\(s\) have an? (object mask covering no or every patch|empty)"
+"""The per-batch warning of ``diagnose`` that :func:`evaluate` sums up once per model."""
 
 RESULT_COLUMNS = (
-    "model", "model_hash", "image_id", "class_name", "label", "instance", "background",
-    "transform", "family", "level", "pred", "pred_name", "correct", "fg_share", "iou",
-    "mask_area", "driver", "similarity", "category",
+    "model", "model_hash", "diagnosis", "image_id", "class_name", "label", "instance",
+    "background", "transform", "family", "level", "pred", "pred_name", "correct", "fg_effect",
+    "bg_effect", "fg_share", "iou", "mask_area", "driver", "similarity", "category",
 )  # fmt: skip
 RESULT_SCHEMA = TableSchema(
     columns=RESULT_COLUMNS,
     key=("model", "image_id"),
     ranges={"label": (0, float("inf")), "pred": (0, float("inf")), "fg_share": (0.0, 1.0),
             "iou": (0.0, 1.0), "mask_area": (0.0, 1.0), "similarity": (-1.001, 1.001)},
-    choices={"correct": frozenset({True, False}),
+    choices={"diagnosis": frozenset(METHODS), "correct": frozenset({True, False}),
              "driver": frozenset({"foreground", "background"}),
              "category": frozenset({"correct", "BG-Er", "Fine-Er", "FG-Er", "unknown"})},
-    not_null=("class_name", "label", "transform", "pred", "correct", "category"),
+    not_null=("diagnosis", "class_name", "label", "transform", "pred", "correct", "category"),
 )  # fmt: skip
 """Checks applied to every stored results file before a resumed run trusts it."""
 
@@ -94,9 +101,23 @@ def _settings(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _done_ids(table: ResumableTable, entry: ModelEntry) -> set[str]:
-    """Image ids stored for this model; refuses rows of the same key with other weights."""
-    stored = table.stored(model=entry.key)
+def _check_diagnosis(stored: pd.DataFrame, out_dir: Path, diagnosis: str) -> None:
+    """Refuses a folder whose stored rows were diagnosed another way."""
+    other = sorted(set(stored["diagnosis"].dropna().astype(str)) - {diagnosis})
+    if other:
+        raise ValueError(
+            f"{str(out_dir)!r} holds results diagnosed with {other[0]!r}, not with "
+            f"{diagnosis!r} as asked; resume it with diagnosis {other[0]!r} (--diagnosis "
+            f"{other[0]}), or use another --out folder"
+        )
+
+
+def _done_ids(table: ResumableTable, entry: ModelEntry, diagnosis: str) -> set[str]:
+    """Image ids stored for this model; refuses rows of another diagnosis (any model) and
+    rows of the same key with other weights."""
+    stored = table.stored()
+    _check_diagnosis(stored, table.out_dir, diagnosis)
+    stored = stored[stored["model"] == entry.key]
     ident = entry.identity()
     hashes = set(stored["model_hash"].fillna("").astype(str)) - {""}
     if ident and hashes - {ident}:
@@ -134,7 +155,9 @@ def _fine_groups(fine_groups: Any, class_names: list[str]) -> Any:
     return None  # decided by text-embedding cosine
 
 
-def _method(classifier: Any, n_clusters: int, attribution: Any) -> Any:
+def _method(classifier: Any, diagnosis: str, n_clusters: int, attribution: Any) -> Any:
+    if diagnosis == REGION_ABLATION:
+        return REGION_ABLATION
     if attribution is not None:
         return attribution(classifier) if isinstance(attribution, type) else attribution
     from captum_clip.attr.cci import CCI
@@ -146,7 +169,7 @@ def _evaluate_model(
     entry: ModelEntry, root: Path, table: ResumableTable, batches: list[pd.DataFrame],
     ctx: DistContext, class_names: list[str], opts: dict,
 ) -> int:  # fmt: skip
-    done = _done_ids(table, entry)
+    done = _done_ids(table, entry, opts["diagnosis"])
     ctx.barrier()  # every rank has read what is done before anyone writes
     mine = [b for b in shard(len(batches), ctx.rank, ctx.world_size)
             if not batches[b]["image_id"].isin(done).all()]  # fmt: skip
@@ -163,9 +186,11 @@ def _evaluate_model(
             entry.model = None
 
 
-def _rows(key: str, ident: str, rows: pd.DataFrame, t: pd.DataFrame) -> pd.DataFrame:
+def _rows(
+    key: str, ident: str, diagnosis: str, rows: pd.DataFrame, t: pd.DataFrame
+) -> pd.DataFrame:
     get = lambda df, c, **kw: df[c].to_numpy(**kw)  # noqa: E731
-    out = {"model": key, "model_hash": ident}
+    out = {"model": key, "model_hash": ident, "diagnosis": diagnosis}
     for col in ("image_id", "class_name"):
         out[col] = get(rows, col)
     out["label"] = get(rows, "class_index")
@@ -174,6 +199,8 @@ def _rows(key: str, ident: str, rows: pd.DataFrame, t: pd.DataFrame) -> pd.DataF
     out["level"] = get(rows, "level", dtype=float)
     out["pred"], out["pred_name"] = get(t, "pred"), get(t, "pred_name")
     out["correct"] = get(t, "correct", dtype=bool)
+    for col in ("fg_effect", "bg_effect"):  # region ablation only
+        out[col] = get(t, col, dtype=float) if col in t else np.full(len(t), np.nan)
     for col in ("fg_share", "iou", "mask_area"):
         out[col] = get(t, col, dtype=float)
     out["driver"] = get(t, "driver")
@@ -188,19 +215,23 @@ def _run_batches(entry, root, table, batches, mine, ctx, class_names, opts) -> i
 
     templates = entry.templates or opts["templates"] or DEFAULT_TEMPLATES
     clf = ClipClassifier(entry.model, entry.tokenizer, class_names, templates=templates)
-    method = _method(clf, opts["n_clusters"], opts["attribution"])
+    method = _method(clf, opts["diagnosis"], opts["n_clusters"], opts["attribution"])
     fine_groups = _fine_groups(opts["fine_groups"], class_names)
-    computed, pending = 0, []
+    computed, undecided, pending = 0, 0, []
     bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"covar eval {entry.key}",
                disable=not opts["show_progress"], position=ctx.rank)  # fmt: skip
     for i, b in enumerate(mine):
         rows = batches[b]
         x, m = _load_batch(root, rows, entry.preprocess)
         labels = torch.tensor(rows["class_index"].to_numpy(dtype=np.int64))
-        d = diagnose(clf, x.to(ctx.device), m.to(ctx.device), labels, class_names=class_names,
-                     method=method, tau=opts["tau"], fine_groups=fine_groups,
-                     fine_threshold=opts["fine_threshold"])  # fmt: skip
-        pending.append(_rows(entry.key, entry.identity(), rows, d.table))
+        with warnings.catch_warnings():  # counted over all batches and warned once below
+            warnings.filterwarnings("ignore", message=UNDECIDED_WARNING)
+            d = diagnose(clf, x.to(ctx.device), m.to(ctx.device), labels,
+                         class_names=class_names, method=method, tau=opts["tau"],
+                         fine_groups=fine_groups,
+                         fine_threshold=opts["fine_threshold"])  # fmt: skip
+        undecided += int(d.table["driver"].isna().sum())
+        pending.append(_rows(entry.key, entry.identity(), opts["diagnosis"], rows, d.table))
         computed += len(rows)
         bar.update(len(rows))
         if len(pending) >= opts["chunk_batches"] or i == len(mine) - 1:
@@ -209,23 +240,34 @@ def _run_batches(entry, root, table, batches, mine, ctx, class_names, opts) -> i
                              name=f"r{ctx.rank:03d}-b{first:07d}")  # fmt: skip
             pending = []
     bar.close()
+    if undecided:
+        what = ("an object mask covering no or every patch (or pixel)"
+                if opts["diagnosis"] == REGION_ABLATION else "an empty object mask")  # fmt: skip
+        warnings.warn(
+            f"covar eval {entry.key}: {undecided} of {computed} image(s) have {what}; their "
+            "driver and error category are left unknown",
+            stacklevel=2,
+        )
     return computed
 
 
 def summarise_results(results: pd.DataFrame, subsets: Sequence[str] | None = None) -> pd.DataFrame:
     """Per model x subset (transform, plus ``"all"``) counts and rates.
 
-    Columns: ``model, subset, family, n, accuracy, n_errors, bg_er, fine_er, fg_er``
-    (counts), ``bg_er_rate, fine_er_rate, fg_er_rate`` (shares of the errors, as
-    :func:`captum_clip.diagnosis.summarise`), ``bg_er_of_all`` (BG-Er / all images),
-    ``foreground_rate`` and ``mean_fg_share``.
+    Columns: ``model``, ``diagnosis`` (when ``results`` has it), ``subset, family, n,
+    accuracy, n_errors, bg_er, fine_er, fg_er, unknown_er`` (counts; ``unknown_er``: errors
+    whose driver is undecided), ``bg_er_rate, fine_er_rate, fg_er_rate`` (shares of the
+    errors, as :func:`captum_clip.diagnosis.summarise`; with no unknown error they sum to
+    1), ``unknown`` (images whose driver is undecided), ``foreground_rate`` (among the
+    decided ones), ``mean_fg_share`` and ``bg_er_of_all`` (BG-Er / all images).
     """
     from captum_clip.diagnosis import summarise
 
     if subsets is None:
         subsets = list(dict.fromkeys(results["transform"]))
-    keep = ("n", "accuracy", "n_errors", "bg_er", "fine_er", "fg_er", "bg_er_rate",
-            "fine_er_rate", "fg_er_rate", "foreground_rate", "mean_fg_share")  # fmt: skip
+    keep = ("n", "accuracy", "n_errors", "bg_er", "fine_er", "fg_er", "unknown_er",
+            "bg_er_rate", "fine_er_rate", "fg_er_rate", "unknown", "foreground_rate",
+            "mean_fg_share")  # fmt: skip
     rows = []
     for model in sorted(results["model"].unique()):
         r = results[results["model"] == model]
@@ -235,7 +277,10 @@ def summarise_results(results: pd.DataFrame, subsets: Sequence[str] | None = Non
                 continue
             s = summarise(part)
             family = "all" if subset == "all" else str(part["family"].iloc[0])
-            row = {"model": model, "subset": subset, "family": family}
+            row = {"model": model}
+            if "diagnosis" in part:
+                row["diagnosis"] = ", ".join(sorted(set(part["diagnosis"].astype(str))))
+            row.update(subset=subset, family=family)
             row.update({k: s[k] for k in keep})
             row["bg_er_of_all"] = s["bg_er"] / s["n"]
             rows.append(row)
@@ -254,6 +299,7 @@ def evaluate(
     fine_groups: Sequence[Any] | Mapping[Any, Any] | None = None,
     fine_threshold: float = 0.8,
     templates: Sequence[str] | None = None,
+    diagnosis: str = REGION_ABLATION,
     attribution: Any = None,
     subsets: Sequence[str] | None = None,
     limit: int | None = None,
@@ -273,16 +319,23 @@ def evaluate(
         batch_size: Images per forward/attribution batch (fixed batches: the same images
             are batched together whatever the number of processes).
         chunk_batches: Batches per chunk file (the unit of resuming).
-        n_clusters: CCI's K (capped at the number of patches).
-        tau: ``fg_share`` threshold of a foreground-driven prediction.
+        n_clusters: CCI's K (capped at the number of patches; ``diagnosis="cci"`` only).
+        tau: ``fg_share`` threshold of a foreground-driven prediction (``diagnosis="cci"``
+            only).
         fine_groups: Close class groups for Fine-Er (default: the stripe classes on
             testbed data, else text-embedding cosine above ``fine_threshold``).
         fine_threshold: Cosine threshold of close classes.
         templates: Prompt templates for models without their own (testbed models use
             ``"a photo of {}"``; others default to ``"a photo of a {}."``).
-        attribution: Attribution method instead of CCI: an object with
-            ``.attribute(x, target=t)``, a callable ``(x, target)``, or a class called
-            with the classifier.
+        diagnosis: How the driver is decided (``method=`` of
+            :func:`~captum_clip.diagnosis.diagnose`): ``"region_ablation"`` (default; the
+            object and the background hidden in turn, two extra rows per image) or
+            ``"cci"`` (the paper's: ``fg_share >= tau`` of CCI's map, K + 1 masked rows per
+            image). Stored with every row; an output folder holds one diagnosis, and
+            resuming it with another is a ``ValueError``.
+        attribution: With ``diagnosis="cci"``, an attribution method instead of CCI: an
+            object with ``.attribute(x, target=t)``, a callable ``(x, target)``, or a class
+            called with the classifier (its rows are stored as ``"cci"`` too).
         subsets: Only these transforms (default: all).
         limit: Only the first ``limit`` images (sorted by id) — for quick runs.
         device: ``None``/``"auto"``: CUDA per rank if available, else CPU.
@@ -302,6 +355,13 @@ def evaluate(
     ):
         check_batch_size(v, name, allow_none=False)
     check_batch_size(limit, "limit")
+    if not isinstance(diagnosis, str) or diagnosis not in METHODS:
+        raise ValueError(f"diagnosis must be one of {METHODS}, got {diagnosis!r}")
+    if attribution is not None and diagnosis != PAPER_CCI:
+        raise ValueError(
+            f"attribution= replaces CCI's map and needs diagnosis={PAPER_CCI!r}; "
+            f"diagnosis={diagnosis!r} computes no map"
+        )
     if isinstance(models, (str, ModelEntry)) or len(models) == 0:
         raise ValueError("models must be a non-empty list of specs")
     root, out = Path(root), Path(out_dir)
@@ -324,9 +384,10 @@ def evaluate(
         raise ValueError(f"model keys must be unique, got {keys}")
     batches = [manifest.iloc[s : s + batch_size] for s in range(0, len(manifest), batch_size)]
     ctx = init_from_env(device)
-    opts = dict(templates=templates, n_clusters=n_clusters, attribution=attribution, tau=tau,
-                fine_groups=fine_groups, fine_threshold=fine_threshold,
-                chunk_batches=chunk_batches, show_progress=show_progress)  # fmt: skip
+    opts = dict(templates=templates, diagnosis=diagnosis, n_clusters=n_clusters,
+                attribution=attribution, tau=tau, fine_groups=fine_groups,
+                fine_threshold=fine_threshold, chunk_batches=chunk_batches,
+                show_progress=show_progress)  # fmt: skip
     table = ResumableTable(out, RESULT_SCHEMA, stem="results")
     try:
         computed = 0

@@ -11,10 +11,16 @@ from torch import Tensor
 from captum_clip.diagnosis.region_ablation import region_effects
 from captum_clip.metrics import mask_iou, mask_share
 
-__all__ = ["REGION_ABLATION", "measure_batch"]
+__all__ = ["METHODS", "PAPER_CCI", "REGION_ABLATION", "measure_batch", "resolve_method"]
 
 REGION_ABLATION = "region_ablation"
-"""``method=`` value of the region-ablation mode (hide object / background, no map)."""
+"""``method=`` value of the region-ablation mode (hide object / background, no map); the
+default of :func:`~captum_clip.diagnosis.diagnose`."""
+PAPER_CCI = "cci"
+"""``method=`` value of the paper's CCI map
+(:meth:`CCI.default_for(forward_func) <captum_clip.attr.cci.CCI.default_for>`)."""
+METHODS: tuple[str, ...] = (REGION_ABLATION, PAPER_CCI)
+"""The ``method=`` strings :func:`~captum_clip.diagnosis.diagnose` accepts (default first)."""
 
 
 def _check_masks(masks: Any, n: int, size: tuple[int, int], where: str) -> Tensor:
@@ -31,6 +37,41 @@ def _check_masks(masks: Any, n: int, size: tuple[int, int], where: str) -> Tenso
             raise ValueError(f"{where} must be boolean or contain only 0 and 1")
         m = m != 0
     return m
+
+
+def resolve_method(
+    forward_func: Callable, method: Any = None, attributions: Tensor | None = None
+) -> Any:
+    """What the diagnosis runs for ``method=`` (see :func:`~captum_clip.diagnosis.diagnose`).
+
+    Returns:
+        :data:`REGION_ABLATION` (``method=None`` without ``attributions``, or that string);
+        ``None`` for precomputed ``attributions`` without a method (attribution mode);
+        :meth:`CCI.default_for(forward_func) <captum_clip.attr.cci.CCI.default_for>` for
+        :data:`PAPER_CCI`; an attribution object or callable as given.
+    """
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(
+                f"method must be one of {METHODS}, an attribution object or a callable, "
+                f"got {method!r}"
+            )
+        if attributions is not None:
+            what = "computes no map" if method == REGION_ABLATION else "computes its own map"
+            raise ValueError(f"method={method!r} {what}: drop attributions= (or method=)")
+        if method == PAPER_CCI:
+            from captum_clip.attr.cci import CCI
+
+            return CCI.default_for(forward_func)
+        return REGION_ABLATION
+    if method is None:
+        return REGION_ABLATION if attributions is None else None
+    if not (hasattr(method, "attribute") or callable(method)):
+        raise TypeError(
+            "method must have .attribute(inputs, target=...), be callable or one of "
+            f"{METHODS}, got {type(method).__name__}"
+        )
+    return method
 
 
 def _attribute(method: Any, x: Tensor, target: Tensor) -> Tensor:
@@ -64,8 +105,9 @@ def measure_batch(
     """The per-batch step of :func:`~captum_clip.diagnosis.diagnose`: predict, attribute, measure against the masks.
 
     Args:
-        forward_func, method: As in :func:`~captum_clip.diagnosis.diagnose` (``method`` is used when
-            ``attributions`` is None; ``"region_ablation"`` measures region effects).
+        forward_func, method: As in :func:`~captum_clip.diagnosis.diagnose` (resolved by
+            :func:`resolve_method`: ``None`` without ``attributions`` and
+            ``"region_ablation"`` measure region effects, ``"cci"`` the paper's CCI map).
         images: One batch ``(b, 3, H, W)``.
         masks: ``(b, H, W)`` bool masks, or a MaskProvider (called with the names of
             ``mask_classes``, or of the predicted classes when that is None).
@@ -83,6 +125,7 @@ def measure_batch(
         ``fg_share`` and ``iou`` are NaN), plus ``fg_effect`` / ``bg_effect`` in
         region-ablation mode.
     """
+    method = resolve_method(forward_func, method, attributions)
     out = _forward(forward_func, images) if outputs is None else outputs
     pred = out.detach().argmax(1).cpu()
     tgt = pred if isinstance(target, str) else target.cpu()
@@ -96,7 +139,7 @@ def measure_batch(
     nonempty = m.flatten(1).any(1).cpu()
     area = m.flatten(1).float().mean(1).cpu()
     iou = torch.full((images.shape[0],), float("nan"))
-    if isinstance(method, str) and attributions is None:  # REGION_ABLATION
+    if isinstance(method, str):  # REGION_ABLATION
         _, fg_eff, bg_eff = region_effects(forward_func, images, m, tgt, output=out)
         pos_fg, pos_bg = fg_eff.clamp_min(0), bg_eff.clamp_min(0)
         share = pos_fg / (pos_fg + pos_bg)  # NaN when neither hiding costs anything

@@ -1,7 +1,8 @@
 """The diagnosis itself: :func:`diagnose`, its result :class:`Diagnosis`, and
 :func:`causal_agreement` (package overview: :mod:`captum_clip.diagnosis`).
 
-The default attribution method is chosen in :func:`_default_method`.
+What ``method=`` runs (region ablation by default, ``"cci"`` the paper's CCI) is decided in
+:func:`captum_clip.diagnosis.batch.resolve_method`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from captum_clip._validate import check_batch_size, check_target
-from captum_clip.diagnosis.batch import REGION_ABLATION, _check_masks, _forward, measure_batch
+from captum_clip.diagnosis.batch import (
+    REGION_ABLATION,
+    _check_masks,
+    _forward,
+    measure_batch,
+    resolve_method,
+)
 from captum_clip.diagnosis.table import build_table, summarise
 from captum_clip.metrics._common import check_inputs
 
-__all__ = ["CATEGORIES", "Diagnosis", "causal_agreement", "diagnose"]
+__all__ = ["ATTRIBUTION", "CATEGORIES", "Diagnosis", "causal_agreement", "diagnose"]
 
 CATEGORIES: tuple[str, ...] = ("BG-Er", "Fine-Er", "FG-Er")
 """Error categories of misclassified images (``"correct"`` for the others)."""
+ATTRIBUTION = "attribution"
+""":attr:`Diagnosis.mode` of a diagnosis from an attribution map (``method="cci"``, an
+attribution method, or ``attributions=``); the other mode is ``"region_ablation"``."""
 
 
 @dataclass
@@ -52,18 +62,23 @@ class Diagnosis:
               decided);
             - ``category``: ``"correct"``, ``"BG-Er"``, ``"Fine-Er"``, ``"FG-Er"``,
               ``"unknown"`` (misclassified, empty mask) or ``None`` without labels.
+            In region-ablation mode (the default) ``fg_effect`` / ``bg_effect`` come in
+            before ``fg_share``, which is then their positive-effect share, and ``iou`` is NaN
+            (see :func:`diagnose`).
         tau: Threshold used for ``driver`` (attribution mode).
         fine_threshold: Cosine threshold used for ``close`` (when embeddings decided it).
         class_names: Class names (index = class).
-        mode: ``"attribution"`` (``fg_share`` of an attribution map decides the driver)
-            or ``"region_ablation"`` (the larger of ``fg_effect`` and ``bg_effect``).
+        mode: How ``driver`` was decided: ``"region_ablation"`` (the larger of
+            ``fg_effect`` and ``bg_effect``; ``method=None`` or ``"region_ablation"``) or
+            ``"attribution"`` (``fg_share >= tau`` of an attribution map: ``method="cci"``,
+            an attribution method, or ``attributions=``).
     """
 
     table: pd.DataFrame
     tau: float
     fine_threshold: float
     class_names: list[str] | None = None
-    mode: str = "attribution"
+    mode: str = ATTRIBUTION
 
     def __len__(self) -> int:
         return len(self.table)
@@ -155,12 +170,6 @@ def _class_vector(value: Any, n: int, n_classes: int, name: str) -> Tensor:
     return check_target(value, n, n_classes, name=name)
 
 
-def _default_method(forward_func: Callable) -> Any:
-    from captum_clip.attr.cci import CCI
-
-    return CCI.default_for(forward_func)
-
-
 # ----------------------------------------------------------------------- main entry
 def diagnose(
     forward_func: Callable[[Tensor], Tensor],
@@ -192,19 +201,28 @@ def diagnose(
         labels: True classes ``(B,)`` (optional); needed for correctness and error categories.
         class_names: Class names (default ``forward_func.class_names``).
         attributions: Precomputed attributions for the ``target`` classes, ``(B, C, H, W)``,
-            ``(B, 1, H, W)`` or ``(B, H, W)``. If ``None`` they are computed with ``method``.
-        method: A Captum attribution object (``.attribute(x, target=t)``) or a callable
-            ``(x, target) -> attributions``; default
-            :meth:`CCI.default_for(forward_func) <captum_clip.attr.cci.CCI.default_for>`. Or
-            ``"region_ablation"``: no attribution map; the object and, separately, the
-            background are hidden (two extra rows per image, attention masking at patch
-            resolution for ViTs, mean-colour pixels otherwise), the table gains
-            ``fg_effect`` / ``bg_effect`` (target-logit drops) and the driver is the
-            region whose hiding costs more (``tau`` unused; ``fg_share`` becomes the
-            positive-effect share ``fg+ / (fg+ + bg+)``, ``iou`` is NaN).
+            ``(B, 1, H, W)`` or ``(B, H, W)``. Given without ``method``, they are diagnosed
+            in attribution mode (``fg_share >= tau``); region ablation uses no map, so
+            ``attributions=`` with a ``method`` string is a ``ValueError``.
+        method: How the driver is decided (the strings are
+            :data:`~captum_clip.diagnosis.METHODS`):
+
+            - ``None`` (default): ``"region_ablation"``, or attribution mode on
+              ``attributions=`` when they are given;
+            - ``"region_ablation"``: no attribution map; the object and, separately, the
+              background are hidden (two extra rows per image, attention masking at patch
+              resolution for ViTs, mean-colour pixels otherwise), the table gains
+              ``fg_effect`` / ``bg_effect`` (target-logit drops) and the driver is the
+              region whose hiding costs more (``tau`` unused; ``fg_share`` becomes the
+              positive-effect share ``fg+ / (fg+ + bg+)``, ``iou`` is NaN);
+            - ``"cci"``: the paper's diagnosis, ``fg_share >= tau`` of the map of
+              :meth:`CCI.default_for(forward_func) <captum_clip.attr.cci.CCI.default_for>`
+              (K=7 regions, capped at the feature grid; K+1 masked rows per image);
+            - a Captum attribution object (``.attribute(x, target=t)``) or a callable
+              ``(x, target) -> attributions``: ``fg_share >= tau`` of its map.
         target: Class to analyse: ``"pred"`` (predicted class, default), ``"label"``, or
             class indices (int or ``(B,)``).
-        tau: Foreground threshold on ``fg_share`` in ``[0, 1]``.
+        tau: Foreground threshold on ``fg_share`` in ``[0, 1]`` (attribution mode).
         fine_groups: User-defined closeness: a list of groups of class names/indices, or a
             ``class -> parent`` hierarchy (see :func:`close_pairs`). Takes precedence over
             embeddings; ``[]`` disables Fine-Er.
@@ -238,14 +256,6 @@ def diagnose(
         )
     elif class_names is None:
         raise ValueError("a MaskProvider needs class_names (or forward_func.class_names)")
-    ablation = isinstance(method, str)
-    if ablation and method != REGION_ABLATION:
-        raise ValueError(
-            f"method must be an attribution object, a callable or {REGION_ABLATION!r}, "
-            f"got {method!r}"
-        )
-    if ablation and attributions is not None:
-        raise ValueError(f"method={REGION_ABLATION!r} computes no map: drop attributions=")
     if attributions is not None:
         if not isinstance(attributions, Tensor):
             raise TypeError(f"attributions must be a tensor, got {type(attributions).__name__}")
@@ -253,10 +263,8 @@ def diagnose(
             raise ValueError(
                 f"attributions must have {n} rows like images, got {tuple(attributions.shape)}"
             )
-    elif method is None:
-        method = _default_method(forward_func)
-    elif not (ablation or hasattr(method, "attribute") or callable(method)):
-        raise TypeError("method must have .attribute(inputs, target=...) or be callable")
+    method = resolve_method(forward_func, method, attributions)
+    ablation = isinstance(method, str)  # REGION_ABLATION, the only string it returns
 
     parts: list[dict[str, Tensor]] = []
     label_t = None
@@ -310,5 +318,5 @@ def diagnose(
         measures, tau, label_t, class_names, n_classes, fine_groups, text_embeddings,
         fine_threshold,
     )  # fmt: skip
-    mode = REGION_ABLATION if ablation else "attribution"
+    mode = REGION_ABLATION if ablation else ATTRIBUTION
     return Diagnosis(table, tau, float(fine_threshold), class_names, mode)

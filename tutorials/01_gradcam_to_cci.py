@@ -93,7 +93,7 @@ print("GradCAM attributions:", tuple(cam.shape), f"in {t_cam:.2f} s")
 # `Δs_k` (leave-one-out). No gradients; K + 1 forward passes per image, all masked
 # variants in one batched forward. `CCI(clf)` without `estimator` now defaults to
 # `"sufficiency"` over K=32 regions (the score with only region k visible minus the score
-# with nothing visible; K + 2 forwards), first on whole-patch deletion in
+# with nothing visible; K + 2 forwards), ahead of rollout and integrated gradients on whole-patch deletion in
 # `benchmarks/results/cci_regions_rank.md`; we compute that map too.
 
 # %%

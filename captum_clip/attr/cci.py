@@ -53,8 +53,8 @@ DEFAULT_N_CLUSTERS = 7
 """K of :meth:`CCI.default_for` (the paper's CCI: ``diagnose(method="cci")``, COVAR with
 ``diagnosis="cci"``) and of the exact estimators and ``"occlusion"``."""
 DEFAULT_ESTIMATOR = "sufficiency"
-"""``CCI()``'s estimator: first on whole-patch deletion and ahead of the paper's occlusion on
-insertion in ``benchmarks/results/cci_regions_rank.md`` (``docs/cci.md``)."""
+"""``CCI()``'s estimator: ahead of GradientRollout and integrated gradients on whole-patch
+deletion and of the paper's occlusion on deletion and insertion in ``benchmarks/results/cci_regions_rank.md`` (``docs/cci.md``)."""
 #: Default K per estimator (others: :data:`DEFAULT_N_CLUSTERS`); capped at the grid's cells.
 DEFAULT_K = {"sufficiency": 32, "sampled_shapley": 16, "owen": 16}
 

@@ -30,7 +30,7 @@ BUDGET = 63  # captum_clip.attr._regions.DEFAULT_BUDGET: masked forwards of the 
 ESTIMATOR_HELP = (
     "CCI's region value (cci only): occlusion is the paper's (the drop of the class logit "
     "when the region alone is hidden; K+1 forwards); sufficiency is the library's default "
-    "(CCI(clf)) and the benchmark's best on whole-patch deletion (the logit with only the "
+    "(CCI(clf)) and ahead of rollout / IG on whole-patch deletion (the logit with only the "
     "region visible minus the logit with nothing visible; K+2 forwards); shapley / banzhaf "
     f"are exact over all 2^K coalitions (--n-clusters <= {MAX_EXACT_K}); sampled_shapley / "
     f"owen sample Shapley / Owen values within {BUDGET} masked forwards per image "

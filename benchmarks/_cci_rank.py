@@ -71,9 +71,13 @@ def _methods(clf, settings=None, random_state: int = 0, peers=PEERS):
 def run_variance(variant: str, seed: int, n: int, classifier) -> pd.DataFrame:
     """The spread over ``random_state`` on one scene draw: one row per setting and state."""
     tables = [
-        run_rank(variant, seed, n, classifier, _methods_for=(VARIANCE_SETTINGS, state)).assign(
-            random_state=state
-        )
+        run_rank(
+            variant,
+            seed,
+            n,
+            classifier,
+            methods=lambda clf, state=state: _methods(clf, VARIANCE_SETTINGS, state, peers=()),
+        ).assign(random_state=state)
         for state in RANDOM_STATES
     ]
     return pd.concat(tables, ignore_index=True)
@@ -103,17 +107,14 @@ def variance_report(table: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def run_rank(variant: str, seed: int, n: int, classifier, _methods_for=None) -> pd.DataFrame:
-    """One row per method: deletion / insertion AUC (mean over ``n`` scenes), cost."""
+def run_rank(variant: str, seed: int, n: int, classifier, methods=_methods) -> pd.DataFrame:
+    """One row per method: deletion / insertion AUC (mean over ``n`` scenes, and per image),
+    cost. ``methods(clf)`` gives ``{name: fn(x, target) -> attributions}``."""
     from captum_clip.benchmark.methods import ForwardCounter
     from captum_clip.metrics import deletion_auc, insertion_auc
     from captum_clip.testbed import shapes
 
     clf = classifier(variant)
-    if _methods_for is None:
-        methods = _methods(clf)
-    else:
-        methods = _methods(clf, _methods_for[0], _methods_for[1], peers=())
     scenes = shapes.generate_scenes(n, seed=seed, rho=0.5, size=clf.image_size[0])
     x = shapes.normalize(scenes.images)
     with torch.no_grad():
@@ -124,7 +125,7 @@ def run_rank(variant: str, seed: int, n: int, classifier, _methods_for=None) -> 
         n_steps=N_STEPS, max_examples_per_batch=512,
     )  # fmt: skip
     rows = []
-    for name, fn in methods.items():
+    for name, fn in methods(clf).items():
         t0 = time.perf_counter()
         with ForwardCounter(clf) as counter:
             attr = fn(x, target)
@@ -144,6 +145,17 @@ def run_rank(variant: str, seed: int, n: int, classifier, _methods_for=None) -> 
             variant, seed, {k: v for k, v in rows[-1].items() if "per_image" not in k}, flush=True
         )
     return pd.DataFrame(rows)
+
+
+def method_table(part: pd.DataFrame) -> list[str]:
+    """Markdown table of one model: per method mean ± sd over seeds, forwards, seconds."""
+    lines = ["| method | deletion ↓ | insertion ↑ | fwd / image | s / image |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: |"]
+    for method, r in part.groupby("method", sort=False):
+        cells = [f"{r[c].mean():.3f} ± {r[c].std(ddof=1):.3f}" for c in ("deletion", "insertion")]
+        cells += [f"{r['forwards_per_image'].mean():.1f}", f"{r['seconds_per_image'].mean():.4f}"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def rank_report(table: pd.DataFrame) -> list[str]:
@@ -167,18 +179,7 @@ def rank_report(table: pd.DataFrame) -> list[str]:
                 "default's K is capped at the patches (see the forwards column).",
                 "",
             ]
-        lines += ["| method | deletion ↓ | insertion ↑ | fwd / image | s / image |"]
-        lines += ["| --- | ---: | ---: | ---: | ---: |"]
-        for method, r in part.groupby("method", sort=False):
-            cells = [
-                f"{r[c].mean():.3f} ± {r[c].std(ddof=1):.3f}" for c in ("deletion", "insertion")
-            ]
-            cells += [
-                f"{r['forwards_per_image'].mean():.1f}",
-                f"{r['seconds_per_image'].mean():.4f}",
-            ]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += method_table(part)
         for col, lower in (("deletion", True), ("insertion", False)):
             piv = part.pivot(index="seed", columns="method", values=col)
             best = piv.mean().sort_values(ascending=lower).index[0]

@@ -12,21 +12,23 @@ same scenes. Writes ``benchmarks/results/insertion_ceiling.md``::
 
     python benchmarks/insertion_ceiling.py              # 48 scenes x seeds 101/202/303
     python benchmarks/insertion_ceiling.py --n 8 --seeds 1
+    python benchmarks/insertion_ceiling.py --report     # the table from the CSV only
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _cci_rank import N_STEPS, method_table, run_rank  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
-N_STEPS = 16
 
 
 def greedy_patch_map(clf, x: torch.Tensor, target: torch.Tensor, rounds: int, m: int):
@@ -67,53 +69,29 @@ def greedy_patch_map(clf, x: torch.Tensor, target: torch.Tensor, rounds: int, m:
     return F.interpolate(patch_map, size=x.shape[-2:], mode="nearest").expand_as(x).contiguous()
 
 
-def run(variant: str, seed: int, n: int) -> pd.DataFrame:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from cci_regions import _testbed_classifier
-
+def _methods(clf) -> dict:
+    """The compared methods, ``{name: fn(x, target) -> attributions}``."""
     from captum_clip.attr import CCI
-    from captum_clip.benchmark.methods import ForwardCounter, build_method
-    from captum_clip.metrics import deletion_auc, insertion_auc
-    from captum_clip.testbed import shapes
+    from captum_clip.benchmark.methods import build_method
 
-    clf = _testbed_classifier(variant)
-    scenes = shapes.generate_scenes(n, seed=seed, rho=0.5, size=clf.image_size[0])
-    x = shapes.normalize(scenes.images)
-    with torch.no_grad():
-        target = clf(x).argmax(1)
-    patch = clf.image_size[0] // clf.vision.grid_size[0]
-    kw = dict(
-        target=target, unit="patch", patch_size=patch, baselines="zeros", score="prob",
-        n_steps=N_STEPS, max_examples_per_batch=512,
-    )  # fmt: skip
     default = CCI(clf)
     pixel48 = CCI(clf, n_clusters=48, mask_mode="pixel", score="prob")
-    ig = build_method("IntegratedGradients", clf)
-    methods = {
-        "CCI() default (sufficiency K=32)": lambda: default.attribute(x, target=target),
-        "CCI sufficiency K=48 pixel": lambda: pixel48.attribute(x, target=target),
-        "IntegratedGradients (16 steps)": lambda: ig(x, target),
-        "greedy patch search, 4 rounds of 4": lambda: greedy_patch_map(clf, x, target, 4, 4),
-        "greedy patch search, 8 rounds of 2": lambda: greedy_patch_map(clf, x, target, 8, 2),
+    return {
+        "CCI() default (sufficiency K=32)": lambda x, t: default.attribute(x, target=t),
+        "CCI sufficiency K=48 pixel": lambda x, t: pixel48.attribute(x, target=t),
+        "IntegratedGradients (16 steps)": build_method("IntegratedGradients", clf),
+        "greedy patch search, 4 rounds of 4": lambda x, t: greedy_patch_map(clf, x, t, 4, 4),
+        "greedy patch search, 8 rounds of 2": lambda x, t: greedy_patch_map(clf, x, t, 8, 2),
     }
-    out = []
-    for name, fn in methods.items():
-        t0 = time.perf_counter()
-        with ForwardCounter(clf) as counter:
-            attr = fn().detach()
-        seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            dele = float(deletion_auc(clf, x, attr, **kw).mean())
-            ins = float(insertion_auc(clf, x, attr, **kw).mean())
-        out.append(
-            {
-                "variant": variant, "seed": seed, "method": name, "deletion": dele,
-                "insertion": ins, "forwards_per_image": counter.images / n,
-                "seconds_per_image": seconds / n,
-            }
-        )  # fmt: skip
-        print(out[-1], flush=True)
-    return pd.DataFrame(out)
+
+
+def run(variant: str, seed: int, n: int) -> pd.DataFrame:
+    """One row per method on ``n`` scenes of ``seed`` (the scenes and metric settings of
+    ``cci_regions.py --rank``)."""
+    from cci_regions import _testbed_classifier
+
+    table = run_rank(variant, seed, n, _testbed_classifier, methods=_methods)
+    return table.drop(columns=["deletion_per_image", "insertion_per_image"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,11 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=["default", "shortcut"])
     p.add_argument("--seeds", type=int, nargs="+", default=[101, 202, 303])
     p.add_argument("--n", type=int, default=48, help="scenes per seed and model")
+    p.add_argument("--report", action="store_true", help="only rebuild the table from the CSV")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    table = pd.concat(
-        [run(v, s, args.n) for v in args.variants for s in args.seeds], ignore_index=True
-    )
+    csv = RESULTS / "insertion_ceiling.csv"
+    if args.report:
+        table = pd.read_csv(csv)
+    else:
+        runs = [run(v, s, args.n) for v in args.variants for s in args.seeds]
+        table = pd.concat(runs, ignore_index=True)
     lines = [
         "# Insertion ceiling: greedy patch search vs integrated gradients",
         "",
@@ -137,23 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     for variant, part in table.groupby("variant", sort=False):
-        lines += [f"## testbed:{variant}", ""]
-        lines += ["| method | deletion ↓ | insertion ↑ | fwd / image | s / image |"]
-        lines += ["| --- | ---: | ---: | ---: | ---: |"]
-        for method, r in part.groupby("method", sort=False):
-            cells = [
-                f"{r[c].mean():.3f} ± {r[c].std(ddof=1):.3f}" for c in ("deletion", "insertion")
-            ]
-            cells += [
-                f"{r['forwards_per_image'].mean():.0f}",
-                f"{r['seconds_per_image'].mean():.4f}",
-            ]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [f"## testbed:{variant}", ""] + method_table(part)
     text = "\n".join(lines)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "insertion_ceiling.md").write_text(text)
-    table.to_csv(RESULTS / "insertion_ceiling.csv", index=False)
+    if not args.report:
+        table.to_csv(csv, index=False)
     print(text)
     return 0
 

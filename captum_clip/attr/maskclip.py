@@ -18,8 +18,25 @@ from torch import Tensor
 
 from captum_clip._hooks import HookManager
 from captum_clip.attr._base import PatchMapAttribution
+from captum_clip.models.base import VisionTower
 
-__all__ = ["MaskCLIP"]
+__all__ = ["MaskCLIP", "value_path_embeddings"]
+
+
+def value_path_embeddings(
+    tower: VisionTower, images: Tensor, residual: bool = True, mlp: bool = True
+) -> Tensor:
+    """``(B, P, D)`` float32 embeddings of every patch through the last block's value path
+    (its attention replaced by the identity) and the tower's per-token head: MaskCLIP's
+    dense features (class docstring), unnormalised. ``images`` on the tower's device."""
+    x = tower.hidden_state(images, tower.n_blocks - 1)[:, tower.n_prefix :]
+    view = tower.block_view(-1)
+    z = view.ls_1(view.out_proj(view.value(view.ln_1(x))))
+    if residual:
+        z = x + z
+    if mlp:
+        z = z + view.ls_2(view.mlp(view.ln_2(z)))
+    return tower.token_head(z).float()
 
 
 class MaskCLIP(PatchMapAttribution):
@@ -91,14 +108,7 @@ class MaskCLIP(PatchMapAttribution):
         """Cosine maps ``(B, h, w)`` in ``[-1, 1]`` on the patch grid."""
         tower = self.tower
         images = images.to(next(tower.module.parameters()).device)
-        x = tower.hidden_state(images, tower.n_blocks - 1)[:, tower.n_prefix :]
-        view = tower.block_view(-1)
-        z = view.ls_1(view.out_proj(view.value(view.ln_1(x))))
-        if self.residual:
-            z = x + z
-        if self.mlp:
-            z = z + view.ls_2(view.mlp(view.ln_2(z)))
-        emb = F.normalize(tower.token_head(z).float(), dim=-1)
+        emb = F.normalize(value_path_embeddings(tower, images, self.residual, self.mlp), dim=-1)
         if emb.shape[-1] != self.text_embeddings.shape[-1]:
             raise ValueError(
                 f"text_embeddings have {self.text_embeddings.shape[-1]} dimensions but the "

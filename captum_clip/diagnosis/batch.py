@@ -123,8 +123,36 @@ def measure_batch(
         CPU tensors ``(b,)``: ``pred``, ``target``, ``fg_share``, ``iou``, ``mask_area``
         and ``known`` (False where the driver cannot be decided: an empty mask; there
         ``fg_share`` and ``iou`` are NaN), plus ``fg_effect`` / ``bg_effect`` in
-        region-ablation mode.
+        region-ablation mode, and with a :class:`~captum_clip.masks.ConceptMasks` provider
+        ``concept_fallback`` (no region was named as the class) and, when its ``evidence``
+        is on, ``shortcut_share``
+        (:func:`~captum_clip.concepts.shortcut_evidence`).
     """
+    out = _measure(forward_func, images, masks, target, method, attributions, class_names,
+                   mask_classes, outputs, seed)  # fmt: skip
+    if not isinstance(masks, Tensor):
+        fallback = getattr(masks, "last_fallback", None)
+        if isinstance(fallback, Tensor):
+            out["concept_fallback"] = fallback.cpu()
+        if getattr(masks, "evidence", False) and callable(getattr(masks, "shortcut_evidence", None)):
+            tgt = out["target"].to(images.device)
+            out["shortcut_share"] = masks.shortcut_evidence(forward_func, images, tgt).cpu()
+    return out
+
+
+def _measure(
+    forward_func: Callable[[Tensor], Tensor],
+    images: Tensor,
+    masks: Tensor | Callable,
+    target: str | Tensor,
+    method: Any,
+    attributions: Tensor | None,
+    class_names: Sequence[str] | None,
+    mask_classes: Tensor | None,
+    outputs: Tensor | None,
+    seed: int,
+) -> dict[str, Tensor]:
+    """:func:`measure_batch` without the concept columns."""
     method = resolve_method(forward_func, method, attributions)
     out = _forward(forward_func, images) if outputs is None else outputs
     pred = out.detach().argmax(1).cpu()

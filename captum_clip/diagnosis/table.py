@@ -169,6 +169,9 @@ def build_table(
     else:
         unknown, is_fg = np.isnan(share), share >= tau
     table["driver"] = np.where(unknown, None, np.where(is_fg, "foreground", "background"))
+    for key in ("concept_fallback", "shortcut_share"):  # ConceptMasks' columns
+        if key in measures:
+            table[key] = measures[key].numpy()
     if class_names is not None:
         table.insert(2, "pred_name", [class_names[i] for i in measures["pred"].tolist()])
     _add_label_columns(

@@ -66,7 +66,9 @@ def test_context_embedding_is_mean_of_region_and_region_with_ring(testbed):
     for keep in (member, grown):
         with torch.no_grad(), clf.vision.hide_patches(~keep.reshape(2, -1)):
             outs.append(F.normalize(loaded.model.encode_image(x[:2]).float(), dim=-1))
-    torch.testing.assert_close(emb[:, r], F.normalize(outs[0] + outs[1], dim=-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        emb[:, r], F.normalize(outs[0] + outs[1], dim=-1), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_dense_embedding_is_mean_of_maskclip_patch_embeddings(testbed):
@@ -164,7 +166,9 @@ def test_namer_with_another_size_gets_pixel_masks_and_its_own_preprocessing(test
     named = name_regions(x, pix, ["grass", "sky", "dots"], namer=namer)
     mean = torch.tensor(shapes.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(shapes.OPENAI_DATASET_STD).view(1, 3, 1, 1)
-    unit = F.interpolate((x * std + mean).clamp(0, 1), size=32, mode="bilinear", align_corners=False)
+    unit = F.interpolate(
+        (x * std + mean).clamp(0, 1), size=32, mode="bilinear", align_corners=False
+    )
     x32 = (unit - 0.5) / 0.25
     grid = F.interpolate(pix[:, None].float(), size=32, mode="nearest")[:, 0].long()
     cells = grid.reshape(len(x), 4, 8, 4, 8).permute(0, 1, 3, 2, 4).reshape(len(x), 16, 64)
@@ -227,7 +231,7 @@ def test_model_left_unchanged_and_plot_has_labels(testbed):
         assert torch.equal(v, before[k])
     fig = named.plot(x[:2], index=[0, 1])
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    for r, name in enumerate(named.best[0]):
+    for name in named.best[0]:
         if name is not None:
             assert any(name in t for t in texts)
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)

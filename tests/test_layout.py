@@ -107,7 +107,9 @@ FLOORS: tuple[tuple[str, frozenset[str]], ...] = (
     ("attributions", frozenset({"attr"})),
     (
         "analyses",
-        frozenset({"diagnosis", "grounding", "masks", "covar", "counteranimals", "datasets"}),
+        frozenset(
+            {"concepts", "diagnosis", "grounding", "masks", "covar", "counteranimals", "datasets"}
+        ),
     ),  # fmt: skip
     ("benchmarks", frozenset({"benchmark"})),
     ("interface", frozenset({"commands", "cli", "__main__", ""})),

@@ -1,6 +1,7 @@
 """Attribution methods for CLIP models, Captum-style."""
 
-from captum_clip.attr._region_games import grid_regions
+from captum_clip.attr._kmeans import cluster_grid
+from captum_clip.attr._region_games import check_regions, grid_regions, patch_partition
 from captum_clip.attr._regions import ESTIMATORS
 from captum_clip.attr.attnlrp import AttnLRP
 from captum_clip.attr.cci import CCI, CCIResult, ClusterConceptImportance
@@ -13,6 +14,9 @@ from captum_clip.attr.maskclip import MaskCLIP
 from captum_clip.attr.rollout import GradientRollout
 
 __all__ = [
+    "check_regions",
+    "cluster_grid",
+    "patch_partition",
     "CCI",
     "AttnLRP",
     "CrossModalInteractions",

@@ -12,8 +12,9 @@ The mask provider built on it, :class:`captum_clip.masks.ConceptMasks`, turns th
 namer names as the class into object masks for the diagnosis.
 """
 
+from captum_clip.concepts.evidence import EVIDENCE_K, ShortcutEvidence, shortcut_evidence
 from captum_clip.concepts.namer import DEFAULT_TEMPLATES, EMBEDDINGS, Namer, as_namer
-from captum_clip.concepts.naming import NamedRegions, name_regions, pixel_regions
+from captum_clip.concepts.naming import NamedRegions, name_regions, name_with, pixel_regions
 from captum_clip.concepts.vocabulary import (
     GENERAL,
     check_vocabulary,
@@ -27,16 +28,20 @@ from captum_clip.concepts.vocabulary import (
 __all__ = [
     "DEFAULT_TEMPLATES",
     "EMBEDDINGS",
+    "EVIDENCE_K",
     "GENERAL",
     "NamedRegions",
     "Namer",
+    "ShortcutEvidence",
     "as_namer",
     "check_vocabulary",
     "encodable",
     "general_sections",
     "general_vocabulary",
     "name_regions",
+    "name_with",
     "pixel_regions",
     "read_vocabulary",
     "resolve_vocabulary",
+    "shortcut_evidence",
 ]

@@ -31,7 +31,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor
 
 from captum_clip.concepts.namer import as_namer
-from captum_clip.concepts.naming import NamedRegions, _name, pixel_regions
+from captum_clip.concepts.naming import NamedRegions, name_with, pixel_regions
 from captum_clip.concepts.vocabulary import resolve_vocabulary
 
 __all__ = ["ShortcutEvidence", "shortcut_evidence"]
@@ -115,15 +115,21 @@ def shortcut_evidence(
         raise ValueError("shortcut_evidence needs CCI regions (their shares of the decision)")
     words = resolve_vocabulary(vocabulary, classes)
     own_namer, ref_namer = as_namer(forward_func), as_namer(reference)
-    own = _name(own_namer, images, labels, own_namer.encodable(words), weights, 3, input_mean, input_std)
-    ref = _name(ref_namer, images, labels, ref_namer.encodable(words), weights, 3, input_mean, input_std)
+    own = name_with(
+        own_namer, images, labels, own_namer.encodable(words), weights, 3, input_mean, input_std
+    )
+    ref = name_with(
+        ref_namer, images, labels, ref_namer.encodable(words), weights, 3, input_mean, input_std
+    )
     names = [classes[i] for i in tgt.tolist()]
     lower = {c.lower() for c in classes}
     b, r = own.share.shape
     flag = torch.zeros(b, r, dtype=torch.bool)
     for i, (own_i, ref_i) in enumerate(zip(own.best, ref.best)):
         for k, (a, z) in enumerate(zip(own_i, ref_i)):
-            flag[i, k] = a is not None and z is not None and a == names[i] and z.lower() not in lower
+            flag[i, k] = (
+                a is not None and z is not None and a == names[i] and z.lower() not in lower
+            )
     context = torch.tensor(
         [[z is not None and z.lower() not in lower for z in row] for row in ref.best]
     ).reshape(b, r)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_images
-from captum_clip.attr._region_games import patch_partition
+from captum_clip.attr import patch_partition
 from captum_clip.concepts.vocabulary import check_vocabulary, encodable
 from captum_clip.models.adapter import ClipAdapter
 from captum_clip.models.heads import tokenize
@@ -99,7 +99,9 @@ class Namer:
                 f"not one ({err})"
             ) from None
         if not callable(tokenizer):
-            raise TypeError(f"the namer's tokenizer must be callable, got {type(tokenizer).__name__}")
+            raise TypeError(
+                f"the namer's tokenizer must be callable, got {type(tokenizer).__name__}"
+            )
         if embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
         if embedding == "dense" and not self.vision.is_vit:

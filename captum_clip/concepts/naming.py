@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor
 
-from captum_clip.attr._cci_result import CCIResult
-from captum_clip.attr._region_games import check_regions
+from captum_clip.attr import CCIResult, check_regions
 from captum_clip.concepts.namer import Namer, as_namer
 from captum_clip.concepts.vocabulary import resolve_vocabulary
 
-__all__ = ["NamedRegions", "name_regions", "pixel_regions"]
+__all__ = ["NamedRegions", "name_regions", "name_with", "pixel_regions"]
 
 
 @dataclass
@@ -66,7 +65,9 @@ class NamedRegions:
         for img in self.scores.tolist():  # ties broken by the word: order-invariant
             order.append(
                 [
-                    [] if np.isnan(row[0]) else sorted(range(len(words)), key=lambda v, r=row: (-r[v], words[v]))
+                    []
+                    if np.isnan(row[0])
+                    else sorted(range(len(words)), key=lambda v, r=row: (-r[v], words[v]))
                     for row in img
                 ]
             )
@@ -218,11 +219,11 @@ def name_regions(
         raise ValueError(f"images must be a (B, 3, H, W) tensor, got {got}")
     words = namer.encodable(resolve_vocabulary(vocabulary))
     labels, weights = pixel_regions(regions, images)
-    return _name(namer, images, labels, words, weights, top_k, input_mean, input_std)
+    return name_with(namer, images, labels, words, weights, top_k, input_mean, input_std)
 
 
 @torch.no_grad()
-def _name(
+def name_with(
     namer: Namer,
     images: Tensor,
     labels: Tensor,
@@ -232,7 +233,8 @@ def _name(
     input_mean: Any,
     input_std: Any,
 ) -> NamedRegions:
-    """The shared core of :func:`name_regions` and the mask provider (checked inputs)."""
+    """Name the regions ``labels`` ``(B, H, W)`` with ``words`` (already checked and
+    encodable): the core of :func:`name_regions`, the mask provider and the evidence."""
     n_regions = int(labels.max()) + 1
     x = namer.to_namer_space(images, input_mean, input_std)
     emb = namer.region_embeddings(x, namer.grid_labels(labels), n_regions)

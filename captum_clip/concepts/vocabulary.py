@@ -116,8 +116,7 @@ def check_vocabulary(words: Any, what: str = "vocabulary") -> list[str]:
         key = w.strip().lower()
         if key in first:
             raise ValueError(
-                f"{what} lists {w!r} twice (positions {first[key]} and {i}); give each "
-                "concept once"
+                f"{what} lists {w!r} twice (positions {first[key]} and {i}); give each concept once"
             )
         first[key] = i
     return [w.strip() for w in words]

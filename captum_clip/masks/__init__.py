@@ -14,6 +14,9 @@ each image. Providers that need pixels undo the normalisation with ``mean``/``st
   you can.
 * :class:`GroundedSamMasker` — Grounding DINO (``transformers``) from a local model folder
   + SAM: the text-prompted GroundedSAM pipeline.
+* :class:`ConceptMasks` — no segmenter: a CLIP (the explained model or a reference) names
+  the regions of its own k-means clustering, and those named as the class form the mask
+  (``docs/concepts.md``).
 
 Checkpoints are the user's files; nothing is downloaded.
 """
@@ -26,9 +29,11 @@ from captum_clip.masks._common import (
     preprocess_mask,
     to_unit_images,
 )
+from captum_clip.masks.concepts import ConceptMasks
 from captum_clip.masks.sam import GroundedSamMasker, GroundingDinoDetector, SamMasker
 
 __all__ = [
+    "ConceptMasks",
     "Detector",
     "GroundTruthMasks",
     "GroundedSamMasker",

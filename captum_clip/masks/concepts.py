@@ -25,11 +25,16 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor
 
-from captum_clip.attr._kmeans import cluster_grid
-from captum_clip.concepts.evidence import EVIDENCE_K, shortcut_evidence
-from captum_clip.concepts.namer import DEFAULT_TEMPLATES, as_namer
-from captum_clip.concepts.naming import _name
-from captum_clip.concepts.vocabulary import GENERAL, resolve_vocabulary
+from captum_clip.attr import cluster_grid
+from captum_clip.concepts import (
+    DEFAULT_TEMPLATES,
+    EVIDENCE_K,
+    GENERAL,
+    as_namer,
+    name_with,
+    resolve_vocabulary,
+    shortcut_evidence,
+)
 from captum_clip.masks._common import _check_images, _check_names
 from captum_clip.models.conv import grid_tower
 
@@ -123,7 +128,9 @@ class ConceptMasks:
                 "can be named as them"
             )
         labels = self.regions(images)
-        named = _name(self.namer, images, labels, words, None, 1, self.input_mean, self.input_std)
+        named = name_with(
+            self.namer, images, labels, words, None, 1, self.input_mean, self.input_std
+        )
         b = images.shape[0]
         idx = torch.tensor([words.index(c) for c in names])
         best = torch.nan_to_num(named.scores, nan=-torch.inf).argmax(-1)  # (B, R)

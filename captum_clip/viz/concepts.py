@@ -76,9 +76,7 @@ def plot_named_regions(
         ax.set_title(f"image {i}", fontsize=9)
         ax.axis("off")
     if has_share:
-        bar = fig.colorbar(
-            ScalarMappable(Normalize(-1, 1), SIGN_CMAP), ax=list(axes), shrink=0.8
-        )
+        bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), SIGN_CMAP), ax=list(axes), shrink=0.8)
         bar.set_ticks([-1, 0, 1], labels=["−max opposes", "0", "+max supports"])
         bar.set_label("region's share of the decision", fontsize=8)
         bar.ax.tick_params(labelsize=7)

@@ -148,6 +148,60 @@ def describe(args: argparse.Namespace) -> str:
     return "region ablation (the object, then the background hidden) decides the driver"
 
 
+CONCEPT_HELP = (
+    "--masks concepts: no segmenter; a CLIP (--namer, default the explained model) names the "
+    "regions of its own k-means clustering with --vocabulary + the class names, and the "
+    "regions named as the class form the object mask (docs/concepts.md); the table gains "
+    "concept_fallback and shortcut_share"
+)
+
+
+def add_concept_args(p: argparse.ArgumentParser) -> None:
+    """``--namer SPEC``, ``--vocabulary FILE``, ``--concept-clusters K`` (``--masks concepts``)."""
+    g = p.add_argument_group("concept masks", CONCEPT_HELP)
+    g.add_argument(
+        "--namer",
+        metavar="SPEC",
+        help="model that names the regions (a reference CLIP; default: the explained model): "
+        + _common.SPEC_HELP,
+    )
+    g.add_argument(
+        "--vocabulary",
+        metavar="FILE",
+        default="general",
+        help="context words, one per line ('#' comments); default 'general': the bundled list "
+        "of visual concepts (docs/concepts.md); the class names are added",
+    )
+    g.add_argument(
+        "--concept-clusters", type=int, default=8, help="K of the namer's regions (default 8)"
+    )
+
+
+def concept_masks(args: argparse.Namespace, explained: Any, device: Any) -> Any:
+    """The :class:`~captum_clip.masks.ConceptMasks` of the arguments: ``--namer`` loaded on
+    ``device`` (default: the ``explained`` LoadedClip itself)."""
+    from captum_clip.masks import ConceptMasks
+
+    _common.check_positive(args, "concept_clusters")
+    namer = explained
+    if args.namer:
+        from captum_clip.models.spec import parse_model_spec, resolve_device
+
+        spec = parse_model_spec(args.namer)
+        namer = spec.load(resolve_device(device))
+        if namer.random_weights:
+            print(_common.random_weights_warning(spec.text), file=sys.stderr)
+    return ConceptMasks(namer, args.vocabulary, n_clusters=args.concept_clusters)
+
+
+def warn_concept_args(args: argparse.Namespace) -> None:
+    """Warns (stderr) when concept options are set without ``--masks concepts``."""
+    set_ = [f"--{n.replace('_', '-')}" for n, d in (("namer", None), ("vocabulary", "general"),
+            ("concept_clusters", 8)) if getattr(args, n, d) != d]  # fmt: skip
+    if set_ and getattr(args, "masks", None) != "concepts":
+        print(f"warning: {'/'.join(set_)} only apply to --masks concepts", file=sys.stderr)
+
+
 def sam_masker(args: argparse.Namespace, clf: Any, device: Any) -> Any:
     """The SAM / GroundedSAM mask provider of the arguments (None without SAM)."""
     from captum_clip.masks import GroundedSamMasker, SamMasker

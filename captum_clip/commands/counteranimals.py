@@ -16,8 +16,9 @@ parts (differences of per-image error rates; they sum to the drop).
 EPILOG = """\
 ROOT holds the class folders "<ImageNet index> <name>/{common-*,counter-*}/*.jpg"
 (e.g. .../LAION-final). Without a mask source only the accuracies are reported; with
---sam-checkpoint (plus --grounding-dino for GroundedSAM boxes) every image is also
-diagnosed and the accuracy drop split into BG-Er / Fine-Er / FG-Er.
+--sam-checkpoint (plus --grounding-dino for GroundedSAM boxes), or with --masks concepts
+(no segmenter: regions named as the class by --namer), every image is also diagnosed and
+the accuracy drop split into BG-Er / Fine-Er / FG-Er.
 """
 SPLIT_MEANING = {
     "bg": "part of the drop from background-driven errors (BG-Er)",
@@ -43,6 +44,12 @@ def add_parser(subparsers) -> None:
         "--templates", nargs="+", help="prompt templates with one {} (default: the model's)"
     )
     _diagnosis.add_sam_args(p, "enables the diagnosis")
+    p.add_argument(
+        "--masks",
+        choices=("concepts",),
+        help="concept masks instead of SAM (enables the diagnosis; see below)",
+    )
+    _diagnosis.add_concept_args(p)
     _diagnosis.add_method_args(p)
     _common.add_device_arg(p)
     _common.add_table_out_arg(p)
@@ -55,13 +62,19 @@ def run(args: argparse.Namespace) -> int:
     from captum_clip.counteranimals import CounterAnimals, evaluate
 
     _common.check_positive(args, "n_clusters", "batch_size")
-    if args.sam_checkpoint:  # without a mask source nothing is diagnosed
-        _diagnosis.warn_unused(args, 7, cci_boxes=not args.grounding_dino)
+    if args.masks and args.sam_checkpoint:
+        raise ValueError("give one mask source: --masks concepts or --sam-checkpoint FILE")
+    if args.sam_checkpoint or args.masks:  # without a mask source nothing is diagnosed
+        _diagnosis.warn_unused(args, 7, cci_boxes=bool(args.sam_checkpoint) and not args.grounding_dino)
+    _diagnosis.warn_concept_args(args)
     names = CounterAnimals(args.root).class_names
     clf, loaded, spec = _common.classifier(args, names, args.templates)
     device = clf.text_embeddings.device
     ds = CounterAnimals(args.root, transform=loaded.preprocess)
-    masks = _diagnosis.sam_masker(args, clf, device)
+    if args.masks == "concepts":
+        masks = _diagnosis.concept_masks(args, loaded, device)
+    else:
+        masks = _diagnosis.sam_masker(args, clf, device)
     res = evaluate(
         clf,
         ds,

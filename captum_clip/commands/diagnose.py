@@ -25,7 +25,7 @@ layout:
   MASKS/<class name>/<image stem>.png    object masks (white = object), same names
 masks instead from SAM: --sam-checkpoint FILE (boxes from --grounding-dino DIR, else from
 the top CCI cluster, K = --n-clusters -- a heuristic that biases the diagnosis towards
-"foreground").
+"foreground"); or with no segmenter: --masks concepts (--namer SPEC names the regions).
 """
 
 
@@ -57,19 +57,30 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="also score the diagnosis against interventional labels (agreement, AUROC)",
     )
+    t.add_argument(
+        "--masks",
+        choices=("truth", "concepts"),
+        default="truth",
+        help="object masks: the scenes' exact ones, or concept masks (see below)",
+    )
+    _diagnosis.add_concept_args(t)
     _common_args(t)
     t.set_defaults(func=run_testbed)
     f = _common.add_parser(
         sub, "folder", help="an image folder with masks (or SAM masks)", epilog=FOLDER_EPILOG
     )
     f.add_argument("images", help="IMAGES folder with one sub-folder per class")
-    f.add_argument("--masks", help="MASKS folder (same layout, any image suffix)")
+    f.add_argument(
+        "--masks",
+        help="MASKS folder (same layout, any image suffix), or 'concepts' (see below)",
+    )
     _common.add_model_args(f, default="ViT-B-32:openai")
     f.add_argument("--classes", nargs="+", help="class names (default: the sub-folders)")
     f.add_argument(
         "--templates", nargs="+", help="prompt templates with one {} (default: the model's)"
     )
     _diagnosis.add_sam_args(f, "masks from SAM instead of --masks")
+    _diagnosis.add_concept_args(f)
     _common_args(f)
     f.set_defaults(func=run_folder)
     _common.require_subcommand(p, "testbed, folder")
@@ -94,15 +105,19 @@ def run_testbed(args: argparse.Namespace) -> int:
 
     _common.check_positive(args, "n", "n_clusters", "batch_size")
     _diagnosis.warn_unused(args, 7)
-    clf, _, spec = _common.classifier(args, list(shapes.CLASS_NAMES))
+    _diagnosis.warn_concept_args(args)
+    clf, loaded, spec = _common.classifier(args, list(shapes.CLASS_NAMES))
     device = clf.text_embeddings.device
     size = clf.image_size[0] if clf.image_size else 64
     scenes = shapes.generate_scenes(args.n, seed=args.seed, rho=args.rho, size=size)
     x = shapes.normalize(scenes.images).to(device)
+    masks = scenes.masks
+    if args.masks == "concepts":
+        masks = _diagnosis.concept_masks(args, loaded, device)
     d = diagnose(
         clf,
         x,
-        scenes.masks,
+        masks,
         scenes.labels,
         method=_diagnosis.method(args, clf),
         tau=args.tau,
@@ -141,7 +156,13 @@ def run_folder(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise ValueError(f"image folder not found: {str(root)!r}")
     if (args.masks is None) == (args.sam_checkpoint is None):
-        raise ValueError("give exactly one mask source: --masks DIR or --sam-checkpoint FILE")
+        raise ValueError(
+            "give exactly one mask source: --masks DIR, --masks concepts or --sam-checkpoint FILE"
+        )
+    concepts = args.masks == "concepts"
+    if args.masks and not concepts and not Path(args.masks).is_dir():
+        raise ValueError(f"--masks must be a MASKS folder or 'concepts', got {args.masks!r}")
+    _diagnosis.warn_concept_args(args)
     _common.check_positive(args, "n_clusters", "batch_size")
     _diagnosis.warn_unused(args, 7, cci_boxes=bool(args.sam_checkpoint and not args.grounding_dino))
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -153,10 +174,11 @@ def run_folder(args: argparse.Namespace) -> int:
     device = clf.text_embeddings.device
     images, labels, masks, paths = [], [], [], []
     for name in subdirs:
-        mask_files = _files(Path(args.masks) / name) if args.masks else {}
+        files = args.masks and not concepts
+        mask_files = _files(Path(args.masks) / name) if files else {}
         for stem, path in _files(root / name).items():
             images.append(loaded.preprocess(read_image(path)))
-            if args.masks:
+            if files:
                 if stem not in mask_files:
                     raise ValueError(f"no mask for {path} in {Path(args.masks) / name}")
                 mask = read_image(mask_files[stem], None)
@@ -166,7 +188,12 @@ def run_folder(args: argparse.Namespace) -> int:
     if not images:
         raise ValueError(f"no images under {str(root)!r}")
     x = torch.stack(images).to(device)
-    provider = torch.stack(masks) if args.masks else _diagnosis.sam_masker(args, clf, device)
+    if concepts:
+        provider = _diagnosis.concept_masks(args, loaded, device)
+    elif args.masks:
+        provider = torch.stack(masks)
+    else:
+        provider = _diagnosis.sam_masker(args, clf, device)
     d = diagnose(
         clf,
         x,

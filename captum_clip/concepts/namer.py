@@ -46,8 +46,10 @@ from captum_clip.models.heads import tokenize
 
 __all__ = ["DEFAULT_TEMPLATES", "EMBEDDINGS", "Namer", "as_namer"]
 
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of {}",)
-"""Templates of the word embeddings (``docs/concepts.md``: the ensemble was measured)."""
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of {}.", "a picture of {}.", "an image of {}.")
+"""Templates of the word embeddings, ensembled, unless the tokenizer names its own
+(``tokenizer.concept_templates``: the testbed's ``("a photo of {}", "{} pattern")``);
+``docs/concepts.md`` has the measurements."""
 EMBEDDINGS = ("context", "isolated", "dense")
 CALL_ROWS = 8
 """Forward-call overhead in full rows, for the drop-or-mask choice of the region rows."""
@@ -71,7 +73,9 @@ class Namer:
         model: An open_clip CLIP or a ``transformers`` CLIP/SigLIP model.
         tokenizer: Its tokenizer.
         preprocess: Its image transform (only its normalisation is read); None: open_clip's.
-        templates: Word templates with one ``{}`` each (ensembled).
+        templates: Word templates with one ``{}`` each (ensembled); default the
+            tokenizer's ``concept_templates`` where it has them, else
+            :data:`DEFAULT_TEMPLATES`.
         embedding: ``"context"`` (default), ``"isolated"`` or ``"dense"`` (module docstring).
         ring: ``"context"`` only: the ring's width in patches (grid cells).
         batch_size: Region rows per forward.
@@ -83,7 +87,7 @@ class Namer:
         tokenizer: Callable,
         preprocess: Any = None,
         *,
-        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        templates: Sequence[str] | None = None,
         embedding: str = "context",
         ring: int = 1,
         batch_size: int = 256,
@@ -111,6 +115,8 @@ class Namer:
                 f"embedding='dense' reads a ViT's patch tokens; {type(self.vision.module).__name__}"
                 " is not a ViT tower -- use embedding='isolated' (works on every tower)"
             )
+        if templates is None:
+            templates = getattr(tokenizer, "concept_templates", DEFAULT_TEMPLATES)
         templates = check_vocabulary(templates, "templates")
         for t in templates:
             if t.count("{}") != 1:
@@ -337,7 +343,7 @@ def as_namer(namer: Any, **kwargs: Any) -> Namer:
         if not kwargs:
             return namer
         kw = {"templates": namer.templates, "embedding": namer.embedding, "ring": namer.ring}
-        kw.update(kwargs)
+        kw.update({k: v for k, v in kwargs.items() if v is not None})
         out = Namer(namer.model, namer.tokenizer, None, **kw)
         out.mean, out.std = namer.mean, namer.std
         return out

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from captum_clip.attr import cluster_grid
 from captum_clip.concepts import (
-    DEFAULT_TEMPLATES,
     EVIDENCE_K,
     GENERAL,
     as_namer,
@@ -74,7 +73,7 @@ class ConceptMasks:
         n_clusters: int = DEFAULT_MASK_K,
         layer: int = -1,
         embedding: str = "context",
-        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        templates: Sequence[str] | None = None,
         ring: int = 1,
         empty: str = "closest",
         evidence: bool = True,

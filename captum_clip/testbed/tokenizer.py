@@ -46,6 +46,9 @@ class TestbedTokenizer:
     """
 
     __test__ = False  # not a pytest class
+    #: Templates that name image regions (``captum_clip.concepts.Namer``): the measured best
+    #: ensemble on the testbed (``benchmarks/results/concepts.md``); the classes are patterns.
+    concept_templates: tuple[str, ...] = ("a photo of {}", "{} pattern")
 
     def __init__(self, vocab: list[str] | None = None, context_length: int = 12) -> None:
         vocab = list(testbed_vocab() if vocab is None else vocab)

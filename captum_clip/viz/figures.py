@@ -35,6 +35,7 @@ def explain_figure(
     model_name: str,
     random_weights: bool = False,
     clusters: tuple[Tensor, Tensor] | None = None,
+    region_names: Sequence[str | None] | None = None,
 ) -> Figure:
     """Image | attribution map (+ CCI regions) with a colour bar and the target in the title.
 
@@ -49,6 +50,7 @@ def explain_figure(
         model_name: The model spec, shown in the title.
         random_weights: Mark the figure as coming from an untrained model.
         clusters: CCI's ``(labels (h, w), weights (K,))`` for a regions panel.
+        region_names: A name per region (``--concepts``): the panel labels each region.
     """
     n = 3 if clusters is not None else 2
     fig = Figure(figsize=(3.2 * n + 0.8, 3.6), layout="constrained")
@@ -58,7 +60,10 @@ def explain_figure(
     axes[0].axis("off")
     overlay(image, attribution, title=f"{method} map", ax=axes[1])
     if clusters is not None:
-        plot_clusters(image, clusters[0], clusters[1], title="CCI regions (weight)", ax=axes[2])
+        what = "CCI regions (name, weight)" if region_names else "CCI regions (weight)"
+        plot_clusters(
+            image, clusters[0], clusters[1], title=what, ax=axes[2], names=region_names
+        )
     signed_colorbar(fig, list(axes[1:]), label="±1: 98th pct |map| / max |region weight|")
     title = f"{model_name}: {method} {target_title(target_name, target_prob, target_kind)}"
     if prediction[0] != target_name:

@@ -150,6 +150,7 @@ def plot_clusters(
     ax: Axes | None = None,
     mean: Sequence[float] | None = OPENAI_DATASET_MEAN,
     std: Sequence[float] | None = OPENAI_DATASET_STD,
+    names: Sequence[str | None] | None = None,
 ) -> Figure:
     """CCI regions: cluster boundaries on the image, each region tinted and labelled by weight.
 
@@ -165,6 +166,7 @@ def plot_clusters(
         ax: Draw into this axes (default: a new figure).
         mean: See :func:`to_display`.
         std: See :func:`to_display`.
+        names: A name per cluster (``NamedRegions.best[i]``), written above its weight.
     """
     from scipy.ndimage import distance_transform_edt
     from skimage.segmentation import find_boundaries
@@ -192,7 +194,8 @@ def plot_clusters(
         inside = np.pad(full == k, 1)  # the image border counts as a boundary
         depth = distance_transform_edt(inside)[1:-1, 1:-1]
         y, x = np.unravel_index(np.argmax(depth), depth.shape)  # deepest point of the region
-        ax.text(x, y, f"{w[k]:+.2f}", ha="center", va="center", fontsize=7,
+        label = f"{w[k]:+.2f}" if not names or names[k] is None else f"{names[k]}\n{w[k]:+.2f}"
+        ax.text(x, y, label, ha="center", va="center", fontsize=7,
                 bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.7, lw=0))  # fmt: skip
     ax.set_title(title or "CCI clusters")
     ax.axis("off")

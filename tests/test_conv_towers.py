@@ -36,7 +36,8 @@ def grid_module(name: str, model: torch.nn.Module) -> torch.nn.Module:
     """The module whose output is the last feature map, named by hand per family."""
     v = model.visual
     return {"resnet": lambda: v.layer4, "convnext": lambda: v.trunk.stages[-1],
-            "fastvit": lambda: v.trunk.final_conv, "swin": lambda: v.trunk.layers[-1]}[name]()  # fmt: skip
+            "fastvit": lambda: v.trunk.final_conv,
+            "swin": lambda: v.trunk.layers[-1]}[name]()  # fmt: skip
 
 
 def nchw(name: str, out: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from open_clip.timm_model import TimmModel
 from torch import nn
 
 __all__ = ["BUILDERS", "make_coca_vision", "make_eva01", "make_eva02", "make_siglip",
-           "make_timm_avg_reg", "make_timm_token_reg", "timm_visual"]  # fmt: skip
+           "make_timm_avg_reg", "make_timm_token_reg", "make_vitamin", "timm_visual"]  # fmt: skip
 
 EMBED, WIDTH, IMAGE, PATCH = 32, 32, 32, 8
 TEXT = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2)
@@ -119,6 +119,34 @@ def make_eva01(seed: int = 0) -> tuple[nn.Module, Callable]:
         for name in ("q_bias", "v_bias"):
             if getattr(block.attn, name, None) is not None:
                 nn.init.normal_(getattr(block.attn, name), std=0.5)
+    return _clip(visual, seed), tokenizer()
+
+
+def make_vitamin(seed: int = 0, image: int = 64) -> tuple[nn.Module, Callable]:
+    """ViTamin style (``vitamin_small_224``): timm's ``MbConvStages`` stem (conv, LayerNorm2d
+    + GELU, conv; two stages of MBConv blocks with LayerNorm2d; a strided conv with
+    LayerNorm2d: stride 16) as a ``HybridEmbed``, then ViT blocks with ``GeGluMlp``, no
+    class token, average pooling and a linear ``TimmModel`` head (``timm_pool=""``: timm's
+    own avg). Stem widths 8 / 16, width 32, 2 blocks; a 4x4 grid at 64 px. The biases
+    (zero in timm's init) are drawn at random so that they count."""
+    from timm.models.vitamin import GeGluMlp, VitCfg, VitConvCfg, _create_vitamin
+
+    torch.manual_seed(seed)
+    visual = TimmModel.__new__(TimmModel)
+    nn.Module.__init__(visual)
+    visual.image_size = (image, image)
+    conv = VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6)
+    stem = VitCfg(embed_dim=(8, 16, WIDTH), depths=(1, 1, 1), stem_width=8, conv_cfg=conv)
+    visual.trunk = _create_vitamin(
+        "vitamin_small_224", img_size=image, embed_dim=WIDTH, depth=2, num_heads=2,
+        mlp_layer=GeGluMlp, mlp_ratio=2.0, class_token=False, global_pool="avg", embed_cfg=stem,
+    )  # fmt: skip
+    visual.trunk.reset_classifier(0)
+    with torch.no_grad():
+        for module in visual.trunk.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                module.bias.normal_(0.0, 0.2)
+    visual.head = nn.Sequential(OrderedDict(proj=nn.Linear(WIDTH, EMBED, bias=False)))
     return _clip(visual, seed), tokenizer()
 
 

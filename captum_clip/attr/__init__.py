@@ -1,5 +1,6 @@
 """Attribution methods for CLIP models, Captum-style."""
 
+from captum_clip.attr._phrases import phrase_positions
 from captum_clip.attr._region_games import grid_regions
 from captum_clip.attr._regions import ESTIMATORS
 from captum_clip.attr.attnlrp import AttnLRP
@@ -27,5 +28,6 @@ __all__ = [
     "MaskCLIP",
     "ViTGradCam",
     "grid_regions",
+    "phrase_positions",
     "vit_gradcam",
 ]

@@ -37,7 +37,7 @@ from captum_clip.attr._kmeans import check_clusterer, cluster_grid
 from captum_clip.attr._region_games import game_values, leaf_groups, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
 from captum_clip.attr._regions import check_n_clusters, normalize_values
-from captum_clip.metrics._common import expand_args, make_baseline
+from captum_clip.metrics import expand_args, make_baseline
 from captum_clip.models.adapter import resolve_tower
 from captum_clip.models.conv import grid_tower
 

@@ -10,7 +10,6 @@
 reach the module with ``importlib.import_module("captum_clip.covar.evaluate")``.)
 """
 
-from captum_clip.covar._models import ModelEntry
 from captum_clip.covar.build import BuildResult, build, load_manifest
 from captum_clip.covar.evaluate import EvalResult, evaluate, summarise_results
 from captum_clip.covar.plots import plot_summary
@@ -23,6 +22,7 @@ from captum_clip.covar.sources import (
     testbed_instances,
 )
 from captum_clip.covar.transforms import TRANSFORMS, TransformSpec
+from captum_clip.models import ModelEntry
 
 __all__ = [
     "TRANSFORMS",

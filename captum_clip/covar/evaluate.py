@@ -42,10 +42,10 @@ from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_batch_size
-from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.covar.build import load_manifest
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
 from captum_clip.diagnosis.batch import METHODS, PAPER_CCI, REGION_ABLATION
+from captum_clip.models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.storage import ResumableTable, TableSchema, read_image, table_path, write_table
 
 __all__ = ["EvalResult", "TESTBED_FINE_GROUPS", "evaluate", "summarise_results"]

@@ -3,7 +3,8 @@
 Also public, for the subsystems above that perturb images the same way: ``make_baseline``
 (the replacement pixels), ``expand_args`` (additional forward arguments per variant),
 ``run_batched`` (chunked forwards), ``select_score`` (logit / prob / top-k of the target),
-``check_inputs`` and the OpenAI normalisation constants.
+``importance_rank`` (the deletion order), ``check_inputs`` and the OpenAI normalisation
+constants.
 """
 
 from captum_clip.metrics._common import (
@@ -11,6 +12,7 @@ from captum_clip.metrics._common import (
     OPENAI_DATASET_STD,
     check_inputs,
     expand_args,
+    importance_rank,
     make_baseline,
     run_batched,
     select_score,
@@ -42,6 +44,7 @@ __all__ = [
     "deletion_auc",
     "deletion_curve",
     "expand_args",
+    "importance_rank",
     "insertion_auc",
     "insertion_curve",
     "make_baseline",

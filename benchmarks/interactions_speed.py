@@ -78,7 +78,8 @@ def _naive(model, tok, img, n_steps: int, dims: int | None = None) -> tuple[torc
     import torch.nn.functional as F
 
     from captum_clip.attr._interaction_paths import quadrature
-    from captum_clip.attr._interaction_sides import ClipImageEncoder, ClipTextEncoder
+    from captum_clip.attr._interaction_sides import ClipImageEncoder
+    from captum_clip.attr._interaction_text import ClipTextEncoder
     from captum_clip.models import ClipAdapter
 
     ad = ClipAdapter(model)
@@ -130,7 +131,8 @@ def _layer0_sample(model, tok, img, n_steps: int, sample: int) -> float:
     import torch.nn.functional as F
 
     from captum_clip.attr._interaction_paths import forward_ad_mode, integrate_forward, quadrature
-    from captum_clip.attr._interaction_sides import ClipImageEncoder, ClipTextEncoder
+    from captum_clip.attr._interaction_sides import ClipImageEncoder
+    from captum_clip.attr._interaction_text import ClipTextEncoder
     from captum_clip.models import ClipAdapter
 
     ad = ClipAdapter(model)

@@ -11,7 +11,7 @@ reach the module with ``importlib.import_module("captum_clip.covar.evaluate")``.
 """
 
 from captum_clip.covar.build import BuildResult, build, load_manifest
-from captum_clip.covar.evaluate import EvalResult, evaluate, summarise_results
+from captum_clip.covar.evaluate import EvalResult, evaluate
 from captum_clip.covar.plots import plot_summary
 from captum_clip.covar.sources import (
     Background,
@@ -21,6 +21,7 @@ from captum_clip.covar.sources import (
     testbed_backgrounds,
     testbed_instances,
 )
+from captum_clip.covar.summary import summarise_results
 from captum_clip.covar.transforms import TRANSFORMS, TransformSpec
 from captum_clip.models import ModelEntry
 

@@ -164,8 +164,7 @@ def private_reaches(graph: dict[str, set[str]]) -> list[str]:
         f"{a} -> {b}"
         for a, targets in graph.items()
         for b in targets
-        if _subsystem(a) != _subsystem(b)
-        and any(part.startswith("_") for part in b.split(".")[2:])
+        if _subsystem(a) != _subsystem(b) and any(part.startswith("_") for part in b.split(".")[2:])
     )
 
 

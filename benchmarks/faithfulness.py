@@ -59,8 +59,7 @@ def analysis(n: int = 48, seed: int | None = None) -> str:
     from captum_clip.attr.cci import CCI
     from captum_clip.benchmark import MetricSettings, build_method, scored_curves
     from captum_clip.benchmark.inputs import TESTBED_SEED, available_variants
-    from captum_clip.metrics import curve_auc
-    from captum_clip.metrics._common import importance_rank
+    from captum_clip.metrics import curve_auc, importance_rank
     from captum_clip.models import ClipClassifier
     from captum_clip.testbed import load_testbed, shapes
 

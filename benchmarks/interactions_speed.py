@@ -7,7 +7,8 @@ resident memory ``ru_maxrss`` is its own; the model itself is ~0.6 GB of it):
 * ``ours``        -- ``IntegratedInteractions`` at the default layers (input of the last
   block in each tower; the fast pooled-row route).
 * ``ours_layer0`` -- the same at the embeddings (``text_layer=0, image_layer=0``).
-* ``naive``       -- the algorithm of the second-order paper's code: per tower and per
+* ``naive``       -- the algorithm of the second-order paper's code (in
+  ``benchmarks/_interactions_naive.py``): per tower and per
   embedding dimension ``k`` one backward pass over the ``n_steps`` interpolation points
   (2 x 512 passes) to build the integrated Jacobians ``(D, T, d)``, then the dense
   ``(S d_t) x ((1+P) d_v)`` product, one text token block at a time (the full dense
@@ -68,95 +69,9 @@ def _setup():
     return model, tok, img
 
 
-def _naive(model, tok, img, n_steps: int, dims: int | None = None) -> tuple[torch.Tensor, float]:
-    """One backward pass per embedding dimension per tower, then the dense product.
-
-    With ``dims`` only the first ``dims`` embedding dimensions get their backward pass (the
-    Jacobians keep their full size); returns ``A`` and the estimated full time: the measured
-    time with the per-dimension loops scaled by ``D / dims`` (every pass costs the same).
-    """
-    import torch.nn.functional as F
-
-    from captum_clip.attr._interaction_paths import quadrature
-    from captum_clip.attr._interaction_sides import ClipImageEncoder, ClipTextEncoder
-    from captum_clip.models import ClipAdapter
-
-    ad = ClipAdapter(model)
-    te, ie = ClipTextEncoder(ad.text, tok), ClipImageEncoder(ad.vision)
-    ids = te.prepare([CAPTION])
-    ids0 = te.baseline(ids, None)
-    img0 = torch.zeros_like(img)
-    ti, vi = te.n_blocks - 1, ie.n_blocks - 1
-    alphas, weights = quadrature("gausslegendre", n_steps, torch.float32, img.device)
-
-    loop_seconds = [0.0]
-
-    def integrated_jacobian(fn, x, x0):
-        points = (x0 + alphas[:, None, None] * (x - x0)).requires_grad_(True)
-        out = fn(points)  # (n, D)
-        jac = torch.zeros(out.shape[1], *x.shape)
-        t0 = time.perf_counter()
-        for k in range(out.shape[1] if dims is None else min(dims, out.shape[1])):
-            (g,) = torch.autograd.grad(out[:, k].sum(), points, retain_graph=True)
-            jac[k] = torch.einsum("ntd,n->td", g, weights)
-        loop_seconds[0] += time.perf_counter() - t0
-        return jac  # (D, T, d)
-
-    start = time.perf_counter()
-    with torch.no_grad():
-        x, x0 = te.hidden(ids, ti)[0], te.hidden(ids0, ti)[0]
-        y, y0 = ie.hidden(img, vi)[0], ie.hidden(img0, vi)[0]
-    with torch.enable_grad():
-        jf = integrated_jacobian(lambda z: F.normalize(te.from_hidden(z, ids, ti), dim=-1), x, x0)
-        jg = integrated_jacobian(lambda z: F.normalize(ie.from_hidden(z, img, vi), dim=-1), y, y0)
-    with torch.no_grad():
-        n_text = int(ad.text.pool_index(ids)[0]) + 1
-        dx, dy = x - x0, (y - y0).reshape(-1)
-        jg_flat = jg.reshape(jg.shape[0], -1)  # (D, L d_v)
-        a = torch.zeros(x.shape[0], y.shape[0])
-        for s in range(n_text):  # dense (d_t x L d_v) block of token s
-            dense = jf[:, s, :].T @ jg_flat
-            a[s] = ((dx[s] @ dense) * dy).reshape(y.shape).sum(-1)
-    total = time.perf_counter() - start
-    d = jf.shape[0]
-    scale = 1.0 if dims is None or dims >= d else d / dims
-    return a[None], total + loop_seconds[0] * (scale - 1.0)
-
-
-def _layer0_sample(model, tok, img, n_steps: int, sample: int) -> float:
-    """Estimated time of ``ours_layer0``: ``sample`` tangents of one step per tower, timed
-    with the forward route ``attribute`` picks at layer 0, scaled to all active tokens and
-    ``n_steps`` steps (every tangent pass costs the same)."""
-    import torch.nn.functional as F
-
-    from captum_clip.attr._interaction_paths import forward_ad_mode, integrate_forward, quadrature
-    from captum_clip.attr._interaction_sides import ClipImageEncoder, ClipTextEncoder
-    from captum_clip.models import ClipAdapter
-
-    ad = ClipAdapter(model)
-    te, ie = ClipTextEncoder(ad.text, tok), ClipImageEncoder(ad.vision)
-    ids = te.prepare([CAPTION])
-    a, w = quadrature("gausslegendre", 1, torch.float32, img.device)
-    total = 0.0
-    with torch.no_grad(), forward_ad_mode():
-        t0 = time.perf_counter()
-        x, x0 = te.hidden(ids, 0)[0], te.hidden(te.baseline(ids, None), 0)[0]
-        y, y0 = ie.hidden(img, 0)[0], ie.hidden(torch.zeros_like(img), 0)[0]
-        total += time.perf_counter() - t0
-        sides = [
-            (lambda z: F.normalize(te.from_hidden(z, ids, 0), dim=-1), x, x0, te.active(ids, 0)[0]),
-            (lambda z: F.normalize(ie.from_hidden(z, img, 0), dim=-1), y, y0, ie.active(img, 0)[0]),
-        ]
-        for fn, h, h0, active in sides:
-            tokens = active.nonzero()[:, 0]
-            t0 = time.perf_counter()
-            integrate_forward(fn, h, h0, tokens[:sample], a, w, 16, lambda n: None)
-            per_tangent_step = (time.perf_counter() - t0) / min(sample, tokens.numel())
-            total += per_tangent_step * tokens.numel() * n_steps
-    return total
-
-
 def _worker(method: str, n_steps: int, out: str) -> None:
+    import _interactions_naive as reference
+
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     from captum_clip.attr import IntegratedInteractions
 
@@ -166,10 +81,11 @@ def _worker(method: str, n_steps: int, out: str) -> None:
     estimate = None
     if method == "naive":
         dims = int(os.environ["NAIVE_DIMS"]) if os.environ.get("NAIVE_DIMS") else None
-        a, estimate = _naive(model, tok, img, n_steps, dims)
+        a, estimate = reference.naive(model, tok, img, CAPTION, n_steps, dims)
         estimate = estimate if dims else None
     elif method == "ours_layer0" and os.environ.get("LAYER0_SAMPLE"):
-        estimate = _layer0_sample(model, tok, img, n_steps, int(os.environ["LAYER0_SAMPLE"]))
+        sample = int(os.environ["LAYER0_SAMPLE"])
+        estimate = reference.layer0_sample(model, tok, img, CAPTION, n_steps, sample)
         a = torch.zeros(1)
     else:
         layer = 0 if method == "ours_layer0" else -1

@@ -17,13 +17,17 @@ word-level tokenizer built offline (``--tokenizer`` on the CLI does the same); t
 Hugging Face rows are ``transformers`` ``CLIPModel`` / ``SiglipModel`` built from their
 default configurations with random weights, saved and loaded through ``load_clip("hf:...")``.
 
+``EVA01-g-14`` (a billion parameters) runs with its first :data:`EVA01_BLOCKS` of 40
+blocks (the model is built whole, then its trunk's block list is cut; the row says so).
+
 Usage::
 
     python benchmarks/model_families.py                 # all rows -> results/model_families.md
     python benchmarks/model_families.py --models RN50 EVA02-B-16 --no-docs   # a quick look
 
-Writes ``benchmarks/results/model_families.md`` and replaces the generated table in
-``docs/models.md`` (between its ``model-families`` markers) unless ``--no-docs``.
+Writes ``benchmarks/results/model_families.md`` (``--out`` another file) and replaces the
+generated table in ``docs/models.md`` (between its ``model-families`` markers) when every
+row ran, unless ``--no-docs``.
 """
 
 from __future__ import annotations
@@ -58,9 +62,12 @@ MODELS = (
     ("ViT-B-16-SigLIP", "timm ViT, MAP pool, no CLS"),
     ("ViT-B-16-SigLIP2", "timm ViT, MAP pool, no CLS"),
     ("EVA02-B-16", "timm Eva, RoPE"),
+    ("EVA01-g-14", "timm Eva, no RoPE; 4 of 40 blocks"),
+    ("ViTamin-S", "timm ViT, convolutional stem"),
     ("convnext_base", "timm ConvNeXt"),
     ("MobileCLIP-S1", "timm FastViT"),
     ("MobileCLIP2-S0", "timm FastViT"),
+    ("swin_base_patch4_window7_224", "timm Swin"),
     ("coca_ViT-B-32", "open_clip ViT + attention pooler, CoCa text"),
     ("hf:clip", "transformers CLIPModel"),
     ("hf:siglip", "transformers SiglipModel"),
@@ -68,6 +75,7 @@ MODELS = (
 CLASSES = ("cat", "dog", "astronaut")
 TEMPLATES = ("a photo of a {}.",)
 CAPTION = "a photo of a astronaut"
+EVA01_BLOCKS = 4
 METHODS = (
     "CCI",
     "CCI shapley",
@@ -75,6 +83,8 @@ METHODS = (
     "GradECLIP",
     "MaskCLIP",
     "rollout",
+    "AttnLRP",
+    "LeGrad",
     "interactions",
     "diagnose region_ablation",
     "deletion_auc",
@@ -135,7 +145,11 @@ def load(name: str, tmp: Path):
     if registry.hub_tokenizer(name):
         ctx = int(registry.model_config(name)["text_cfg"].get("context_length", 64))
         tok = word_tokenizer_folder(tmp / f"tok-{name}", ctx)
-    return load_clip(name, tokenizer=None if tok is None else str(tok))
+    loaded = load_clip(name, tokenizer=None if tok is None else str(tok))
+    if name.startswith("EVA01-g-14"):
+        trunk = loaded.model.visual.trunk
+        trunk.blocks = trunk.blocks[:EVA01_BLOCKS]
+    return loaded
 
 
 def _finite(t: torch.Tensor, shape: tuple | None = None) -> None:
@@ -150,9 +164,11 @@ def cells(clf, loaded, x: torch.Tensor) -> dict[str, Callable[[], None]]:
     """One runnable check per method column."""
     from captum_clip.attr import (
         CCI,
+        AttnLRP,
         GradECLIP,
         GradientRollout,
         IntegratedInteractions,
+        LeGrad,
         MaskCLIP,
         vit_gradcam,
     )
@@ -199,6 +215,8 @@ def cells(clf, loaded, x: torch.Tensor) -> dict[str, Callable[[], None]]:
         "GradECLIP": run_map(GradECLIP),
         "MaskCLIP": run_map(MaskCLIP),
         "rollout": run_map(GradientRollout),
+        "AttnLRP": run_map(AttnLRP),
+        "LeGrad": run_map(LeGrad),
         "interactions": run_interactions,
         "diagnose region_ablation": run_diagnose,
         "deletion_auc": run_deletion,
@@ -232,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=[m for m, _ in MODELS])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-docs", action="store_true", help="do not update docs/models.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "model_families.md",
+                   help="the results file (default: results/model_families.md)")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from captum_clip.models import ClipClassifier
@@ -279,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     table = "\n".join(lines + refusals + ["", meta])
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "model_families.md"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         "# Model families x methods\n\n" + __doc__.split("\n\n")[1] + "\n\n" + table + "\n"
     )

@@ -5,7 +5,8 @@ Each builder returns ``(model, tokenizer)``: an open_clip model (eval mode, seed
 ``ModifiedResNet`` (RN50), an open_clip ``TimmModel`` over a timm ``ConvNeXt``
 (convnext_base: ``timm_pool=""``, ``timm_proj="linear"``) or over a timm ``FastVit`` MCi
 (MobileCLIP-S1 / MobileCLIP2-S0: ``timm_pool="avg"``, the trunk's classifier as the
-projection, a text tower without causal mask inside ``CustomTextCLIP``), or a small
+projection, a text tower without causal mask inside ``CustomTextCLIP``) or over a timm
+``SwinTransformer`` (swin_base_patch4_window7_224: stages in ``.layers``, NHWC maps), or a small
 convolutional encoder of the user's own -- with open_clip's bundled ``SimpleTokenizer``.
 ``TimmModel`` does not forward size arguments to timm, so the trunk is created here with
 the registry name, small depths / widths, and the pool / head settings
@@ -23,7 +24,9 @@ import torch
 from open_clip.timm_model import TimmModel
 from torch import nn
 
-__all__ = ["BUILDERS", "IMAGE", "make_convnext", "make_custom", "make_fastvit", "make_resnet"]
+__all__ = [
+    "BUILDERS", "IMAGE", "make_convnext", "make_custom", "make_fastvit", "make_resnet", "make_swin"
+]  # fmt: skip
 
 EMBED, IMAGE = 32, 128
 TEXT = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2)
@@ -98,6 +101,23 @@ def make_fastvit(seed: int = 0) -> tuple[nn.Module, Callable]:
     return _with_visual(visual, seed, custom_text=True), tokenizer()
 
 
+def make_swin(seed: int = 0) -> tuple[nn.Module, Callable]:
+    """swin_base_patch4_window7_224-style: timm SwinTransformer (stages in ``.layers``,
+    ``(B, h, w, C)`` maps, final norm, avg pool) and a linear proj (``timm_pool=""``); four
+    stages of one block, width 8, 4x4 windows: maps 32, 16, 8, 4 at 128 px (stride 32).
+    The biases are drawn at random (timm starts them at zero), as for ConvNeXt."""
+    torch.manual_seed(seed)
+    visual = _timm_visual(
+        "swin_base_patch4_window7_224", "", "linear", img_size=IMAGE, embed_dim=8,
+        depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4,
+    )  # fmt: skip
+    with torch.no_grad():
+        for module in visual.trunk.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                module.bias.normal_(0.0, 0.5)
+    return _with_visual(visual, seed), tokenizer()
+
+
 class TinyEncoder(nn.Module):
     """A user's own image encoder: two conv stages, global average pooling, a projection."""
 
@@ -123,5 +143,6 @@ BUILDERS: dict[str, Callable[..., tuple[nn.Module, Callable]]] = {
     "RN50 (ModifiedResNet)": make_resnet,
     "convnext_base (timm ConvNeXt)": make_convnext,
     "MobileCLIP-S1 / MobileCLIP2-S0 (timm FastViT MCi)": make_fastvit,
+    "swin_base_patch4_window7_224 (timm SwinTransformer)": make_swin,
 }
 """The convolutional families of the registry, by the architecture each stands for."""

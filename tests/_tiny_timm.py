@@ -2,8 +2,9 @@
 
 Each builder returns ``(model, tokenizer)``: an open_clip ``CLIP`` (eval mode, seeded)
 whose ``.visual`` is what the real registry architecture has -- an open_clip ``TimmModel``
-over a timm ``VisionTransformer`` / ``Eva`` built small, or an open_clip
-``VisionTransformer`` with CoCa's ``AttentionalPooler`` -- and a tiny open_clip text tower
+over a timm ``VisionTransformer`` / ``Eva`` (EVA-02 with RoPE, EVA-01 without) built
+small, or an open_clip ``VisionTransformer`` with CoCa's ``AttentionalPooler`` -- and a
+tiny open_clip text tower
 with open_clip's ``SimpleTokenizer`` (bundled, offline). ``TimmModel`` does not forward
 size arguments to timm, so the trunk is created here with the same registry name and
 the same pool / head settings ``TimmModel.__init__`` uses, at 32 px, width 32, 2 blocks.
@@ -20,8 +21,8 @@ import torch
 from open_clip.timm_model import TimmModel
 from torch import nn
 
-__all__ = ["BUILDERS", "make_coca_vision", "make_eva02", "make_siglip", "make_timm_avg_reg",
-           "make_timm_token_reg", "timm_visual"]  # fmt: skip
+__all__ = ["BUILDERS", "make_coca_vision", "make_eva01", "make_eva02", "make_siglip",
+           "make_timm_avg_reg", "make_timm_token_reg", "make_vitamin", "timm_visual"]  # fmt: skip
 
 EMBED, WIDTH, IMAGE, PATCH = 32, 32, 32, 8
 TEXT = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2)
@@ -106,6 +107,49 @@ def make_eva02(seed: int = 0, fused: bool = False) -> tuple[nn.Module, Callable]
     return _clip(visual, seed), tokenizer()
 
 
+def make_eva01(seed: int = 0) -> tuple[nn.Module, Callable]:
+    """EVA01-g-14 style ``Eva`` (``eva_giant_patch14_224``): class token, absolute positions
+    only (no RoPE: ``trunk.rope`` is None), fused qkv with q / v biases, a plain MLP of
+    ratio 6144 / 1408, token pooling, the trunk's classifier as projection (``timm_proj``
+    null)."""
+    torch.manual_seed(seed)
+    visual = timm_visual("eva_giant_patch14_224", "token", None, mlp_ratio=6144 / 1408)
+    nn.init.normal_(visual.trunk.head.weight, std=WIDTH**-0.5)  # timm inits it near 0
+    for block in visual.trunk.blocks:  # q_bias / v_bias start at zero: make them count
+        for name in ("q_bias", "v_bias"):
+            if getattr(block.attn, name, None) is not None:
+                nn.init.normal_(getattr(block.attn, name), std=0.5)
+    return _clip(visual, seed), tokenizer()
+
+
+def make_vitamin(seed: int = 0, image: int = 64) -> tuple[nn.Module, Callable]:
+    """ViTamin style (``vitamin_small_224``): timm's ``MbConvStages`` stem (conv, LayerNorm2d
+    + GELU, conv; two stages of MBConv blocks with LayerNorm2d; a strided conv with
+    LayerNorm2d: stride 16) as a ``HybridEmbed``, then ViT blocks with ``GeGluMlp``, no
+    class token, average pooling and a linear ``TimmModel`` head (``timm_pool=""``: timm's
+    own avg). Stem widths 8 / 16, width 32, 2 blocks; a 4x4 grid at 64 px. The biases
+    (zero in timm's init) are drawn at random so that they count."""
+    from timm.models.vitamin import GeGluMlp, VitCfg, VitConvCfg, _create_vitamin
+
+    torch.manual_seed(seed)
+    visual = TimmModel.__new__(TimmModel)
+    nn.Module.__init__(visual)
+    visual.image_size = (image, image)
+    conv = VitConvCfg(norm_layer="layernorm2d", norm_eps=1e-6)
+    stem = VitCfg(embed_dim=(8, 16, WIDTH), depths=(1, 1, 1), stem_width=8, conv_cfg=conv)
+    visual.trunk = _create_vitamin(
+        "vitamin_small_224", img_size=image, embed_dim=WIDTH, depth=2, num_heads=2,
+        mlp_layer=GeGluMlp, mlp_ratio=2.0, class_token=False, global_pool="avg", embed_cfg=stem,
+    )  # fmt: skip
+    visual.trunk.reset_classifier(0)
+    with torch.no_grad():
+        for module in visual.trunk.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+                module.bias.normal_(0.0, 0.2)
+    visual.head = nn.Sequential(OrderedDict(proj=nn.Linear(WIDTH, EMBED, bias=False)))
+    return _clip(visual, seed), tokenizer()
+
+
 def make_coca_vision(seed: int = 0) -> tuple[nn.Module, Callable]:
     """An open_clip ``VisionTransformer`` with CoCa's ``AttentionalPooler`` (4 queries, the
     first one pooled) inside a CLIP (CoCa's text tower is a separate concern)."""
@@ -124,5 +168,6 @@ BUILDERS = {
     "timm_avg_reg": make_timm_avg_reg,
     "eva02": make_eva02,
     "eva02_fused": lambda seed=0: make_eva02(seed, fused=True),
+    "eva01": make_eva01,
     "coca_vision": make_coca_vision,
 }

@@ -15,7 +15,7 @@ import torch
 import captum_clip.storage.tables as rs
 from captum_clip import covar
 from captum_clip.cli import main as cli_main
-from captum_clip.covar._models import resolve_model
+from captum_clip.models import resolve_model
 from captum_clip.storage import find_table, read_table, write_table
 from captum_clip.testbed import zoo
 

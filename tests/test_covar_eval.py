@@ -16,9 +16,9 @@ import captum_clip.diagnosis as diagnosis_mod
 import captum_clip.storage.tables as rs
 from captum_clip import covar
 from captum_clip.cli import main as cli_main
-from captum_clip.covar._models import TESTBED_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.diagnosis.region_ablation import region_effects
-from captum_clip.models import ClipClassifier
+from captum_clip.models import ClipClassifier, ModelEntry, resolve_model
+from captum_clip.models.spec import TESTBED_TEMPLATES
 from captum_clip.testbed import zoo
 
 ev = importlib.import_module("captum_clip.covar.evaluate")  # the module, not covar.evaluate()

@@ -151,3 +151,49 @@ def test_the_root_shows_subsystems_and_at_most_four_private_helpers():
     assert len(private) <= 4, private
     on_floors = set().union(*(f for _, f in FLOORS)) - {""}
     assert entries - {"__init__"} == on_floors  # every entry is on a floor, no floor is stale
+
+
+def _subsystem(module: str) -> str:
+    """``captum_clip.<entry>...`` -> ``<entry>`` (``""``: the package root)."""
+    return module.split(".")[1] if "." in module else ""
+
+
+def private_reaches(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of another subsystem's private module (``captum_clip.x._y``): what another
+    subsystem needs must be public (named in its ``__init__``) or live lower down. The root's
+    own private helpers (``_hooks``, ``_validate``, ``_version``) are shared by design."""
+    return sorted(
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        for b in targets
+        if _subsystem(a) != _subsystem(b) and any(part.startswith("_") for part in b.split(".")[2:])
+    )
+
+
+def subsystem_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Circles between subsystems (packages), lazy imports included."""
+    packages: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        packages.setdefault(_subsystem(a), set()).update(
+            _subsystem(b) for b in targets if _subsystem(b) != _subsystem(a)
+        )
+    return cycles(packages)
+
+
+def test_checks_catch_a_private_reach_and_a_subsystem_circle():
+    fake = {
+        "captum_clip.attr.cci": {"captum_clip.metrics._common", "captum_clip.attr._regions"},
+        "captum_clip.metrics._common": {"captum_clip._validate"},
+        "captum_clip.testbed.zoo": {"captum_clip.models.heads"},
+        "captum_clip.models.loaders": {"captum_clip.testbed.zoo"},
+    }
+    assert private_reaches(fake) == ["captum_clip.attr.cci -> captum_clip.metrics._common"]
+    assert subsystem_circles(fake) == [["models", "testbed"]]
+
+
+def test_no_import_of_another_subsystems_private_module():
+    assert private_reaches(import_graph()) == []
+
+
+def test_no_two_subsystems_import_each_other():
+    assert subsystem_circles(import_graph()) == []

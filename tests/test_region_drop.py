@@ -90,6 +90,6 @@ def test_keep_patches_rejects_bad_input():
     with pytest.raises(ValueError, match="patch indices in keep"):
         with clip.vision.keep_patches(torch.full((1, 2), clip.vision.n_patches)):
             pass
-    with pytest.raises(ValueError, match="hide_patches was set up for a batch of 1"):
+    with pytest.raises(ValueError, match="hidden patches were set for a batch of 1 images"):
         with torch.no_grad(), clip.vision.keep_patches(torch.zeros(1, 2, dtype=torch.long)):
             clip.encode_image(_images(clip, 2))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from captum_clip.models import ZeroShotHead
 from captum_clip.testbed import shapes, train, zoo
 from captum_clip.testbed.causal import causal_labels
 
@@ -85,7 +86,7 @@ def test_bundled_accuracy_matches_model_card_and_json(measured):
 
 def test_zero_shot_head_agrees_with_evaluate(bundled):
     model, _, tok = bundled["default"]
-    head = zoo.ZeroShotHead(model, tok)
+    head = ZeroShotHead(model, tok)
     s = shapes.generate_scenes(64, seed=5)
     x = shapes.normalize(s.images)
     logits = head(x)
@@ -103,7 +104,7 @@ def test_zero_shot_head_is_a_clip_classifier_accepted_by_cci_and_diagnose(bundle
     from captum_clip.diagnosis import diagnose
 
     model, _, tok = bundled["default"]
-    head = zoo.ZeroShotHead(model, tok)
+    head = ZeroShotHead(model, tok)
     loaded = load_clip("testbed")
     clf = ClipClassifier(
         loaded.model, loaded.tokenizer, list(shapes.CLASS_NAMES),
@@ -119,7 +120,7 @@ def test_zero_shot_head_is_a_clip_classifier_accepted_by_cci_and_diagnose(bundle
     d = diagnose(head, x, s.masks, s.labels, attributions=a)
     assert d.table["pred_name"].tolist() == [shapes.CLASS_NAMES[i] for i in head(x).argmax(1)]
     with pytest.raises(ValueError, match="pattern"):
-        zoo.ZeroShotHead(model, tok, templates=["a photo of {}"])
+        ZeroShotHead(model, tok, templates=["a photo of {}"])
 
 
 def test_causal_labels_separate_the_bundled_models(bundled):
@@ -127,7 +128,7 @@ def test_causal_labels_separate_the_bundled_models(bundled):
     s = shapes.generate_scenes(96, seed=77, rho=1.0)  # aligned scenes
     share = {}
     for v, (model, _, tok) in bundled.items():
-        res = causal_labels(zoo.ZeroShotHead(model, tok), s, target=s.labels)
+        res = causal_labels(ZeroShotHead(model, tok), s, target=s.labels)
         c = res.counts()
         share[v] = {k: n / len(s) for k, n in c.items()}
     assert share["default"]["foreground"] >= 0.7

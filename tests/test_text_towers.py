@@ -15,7 +15,7 @@ from _tiny_text import (
     make_tiny_siglip,
 )
 
-from captum_clip.attr._interaction_sides import ClipTextEncoder
+from captum_clip.attr._interaction_text import ClipTextEncoder
 from captum_clip.attr.cci import CCI
 from captum_clip.attr.interactions import IntegratedInteractions
 from captum_clip.models.adapter import ClipAdapter

@@ -24,10 +24,12 @@ from captum_clip.attr import (
     vit_gradcam,
 )
 from captum_clip.attr import _interaction_paths as paths
+from captum_clip.attr._regions import ESTIMATORS
 from captum_clip.attr.grad_eclip import grad_eclip_contributions
 from captum_clip.diagnosis import diagnose
 from captum_clip.metrics import deletion_auc
 from captum_clip.models.adapter import ClipAdapter
+from captum_clip.models.base import DropUnavailable
 from captum_clip.models.blocks import block_forward, trace_blocks
 from captum_clip.models.open_clip_vit import attentional_pool_forward
 from captum_clip.models.timm_vit import TimmViT, latent_pool_forward
@@ -183,7 +185,7 @@ def test_token_head_is_the_pooler_on_a_single_token(family):
             assert (per_token[t] - ref).abs().max() <= 1e-5, name
 
 
-@pytest.mark.parametrize("name", ["timm_token_reg", "eva02", "siglip", "coca_vision"])
+@pytest.mark.parametrize("name", ["timm_token_reg", "eva02", "eva01", "siglip", "coca_vision"])
 def test_interactions_completeness(name):
     model, tok = BUILDERS[name]()
     ii = IntegratedInteractions(model, tok)
@@ -285,3 +287,81 @@ def test_model_restored_after_exception(name):
         assert "forward" not in vars(module) and not module._forward_pre_hooks
         assert not module._forward_hooks and "_captum_key_hidden" not in vars(module)
     assert torch.equal(clf(x).detach(), before) and tower.n_blocks == 2
+
+
+def _no_dropping(monkeypatch, tower) -> list:
+    """Make dropping patches fail at the first block call, as a tower whose blocks are
+    called in a way dropping cannot follow (found only when the forward runs); the
+    returned list grows at every refusal."""
+    refused = []
+
+    def refuse(hooks, keep):
+        def hook(module, args, kwargs):
+            refused.append(keep.shape)
+            raise DropUnavailable("dropping hidden patches is not available here")
+
+        hooks.forward_pre(tower.blocks[0], hook, with_kwargs=True)
+
+    monkeypatch.setattr(tower, "_keep_extra", refuse)
+    return refused
+
+
+def test_eva01_cci_values_equal_a_hand_run_on_the_kept_tokens(monkeypatch):
+    """EVA-01 (no RoPE): the default CCI (sufficiency: v({k}) - v(nothing)) runs, dropping
+    the hidden patches; where dropping is unavailable it masks them; both equal the
+    logits of the trunk run by hand on the class token and the kept patch tokens."""
+    model, tok = BUILDERS["eva01"]()
+    clf = ClipClassifier(model, tok, CLASSES)
+    tower = clf.vision
+    assert tower.trunk.rope is None and tower.can_drop
+    x, target = images(2, seed=6), torch.tensor([1, 2])
+    cci = CCI(clf, n_clusters=3)
+    assert cci.estimator == "sufficiency"
+    _, res = cci.attribute(x, target=target, return_clusters=True)
+
+    def logit(i, keep):
+        with torch.no_grad():
+            emb = kept_embedding(model, tower, x[i], keep)
+        cos = torch.nn.functional.normalize(emb.float(), dim=-1) @ clf.text_embeddings.T
+        return float(clf.scale * cos[target[i]])
+
+    for i in range(2):
+        labels = res.labels[i].flatten()
+        empty = logit(i, torch.zeros_like(labels, dtype=torch.bool))
+        for k in range(int(labels.max()) + 1):
+            hand = logit(i, labels == k) - empty
+            assert abs(float(res.values[i, k]) - hand) <= 1e-5, (i, k)
+    assert res.values.nan_to_num().abs().max() > 1e-2  # the regions matter
+    refused = _no_dropping(monkeypatch, tower)
+    _, masked = cci.attribute(x, target=target, return_clusters=True)
+    assert len(refused) == 1  # one refusal, then every row masked
+    torch.testing.assert_close(masked.values, res.values, rtol=0, atol=1e-4)
+    assert torch.equal(masked.labels, res.labels)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_every_estimator_masks_where_dropping_is_unavailable(estimator, monkeypatch):
+    model, tok = BUILDERS["eva02"]()
+    clf = ClipClassifier(model, tok, CLASSES)
+    x = images(2, seed=7)
+    cci = CCI(clf, n_clusters=3, estimator=estimator, random_state=0)
+    dropped = cci.attribute(x, target=0, return_clusters=True)[1].values
+    refused = _no_dropping(monkeypatch, clf.vision)
+    masked = cci.attribute(x, target=0, return_clusters=True)[1].values
+    assert len(refused) == (0 if estimator == "occlusion" else 1)  # occlusion always masks
+    torch.testing.assert_close(masked, dropped, rtol=0, atol=1e-4, equal_nan=True)
+    for module in model.modules():  # the failed drop left no hook behind
+        assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+def test_dropping_asked_for_explicitly_says_why_it_is_unavailable(monkeypatch):
+    from captum_clip.attr._region_scores import variant_scores
+
+    model, _ = BUILDERS["eva02"]()
+    tower = ClipAdapter(model).vision
+    _no_dropping(monkeypatch, tower)
+    hidden = torch.zeros(1, 1, tower.n_patches, dtype=torch.bool)
+    hidden[..., 0] = True
+    with pytest.raises(DropUnavailable, match="not available"), torch.no_grad():
+        variant_scores(lambda im, src: model.encode_image(im).sum(-1), images(1), hidden,
+                       vision=tower, drop=True)  # fmt: skip

@@ -55,6 +55,24 @@ def test_tokenizer_that_is_not_a_folder_is_refused(tmp_path):
         open_clip_tokenizer("ViT-B-16-SigLIP", str(tmp_path / "missing"))
 
 
+@pytest.mark.parametrize(
+    ("name", "tokenizer", "came"),
+    [("ViT-B-32", 42, "got int 42"), ("hf:some/folder", 3.5, "got float 3.5"),
+     ("testbed:shortcut", [1], "got list [1]")],
+)  # fmt: skip
+def test_tokenizer_of_a_wrong_type_is_named(name, tokenizer, came):
+    with pytest.raises(TypeError) as err:
+        load_clip(name, tokenizer=tokenizer)
+    msg = str(err.value)
+    assert msg.startswith("tokenizer must be None (the model's own), a callable") and came in msg
+    assert ("a folder (str / os.PathLike)" in msg) == (not name.startswith("testbed"))
+
+
+def test_testbed_refuses_a_tokenizer_folder(tok_folder):
+    with pytest.raises(TypeError, match="testbed models take no tokenizer folder.*got str"):
+        load_clip("testbed", tokenizer=tok_folder)
+
+
 def test_token_strings_of_the_hf_wrappers():
     hf = make_word_tokenizer()
     ids = hf("a photo of the cat")["input_ids"]

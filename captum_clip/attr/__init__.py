@@ -1,6 +1,7 @@
 """Attribution methods for CLIP models, Captum-style."""
 
 from captum_clip.attr._kmeans import cluster_grid
+from captum_clip.attr._phrases import phrase_positions
 from captum_clip.attr._region_games import check_regions, grid_regions, patch_partition
 from captum_clip.attr._regions import ESTIMATORS
 from captum_clip.attr.attnlrp import AttnLRP
@@ -31,5 +32,6 @@ __all__ = [
     "MaskCLIP",
     "ViTGradCam",
     "grid_regions",
+    "phrase_positions",
     "vit_gradcam",
 ]

@@ -57,8 +57,8 @@ def refuse_without_attention(method: str, tower: VisionTower) -> None:
         trunk = getattr(tower.module, "trunk", None)  # open_clip TimmModel: name the timm net
         name = type(trunk if isinstance(trunk, nn.Module) else tower.module).__name__
         raise ValueError(
-            f"{method} reads the attention of a ViT vision tower; "
-            f"{name} has none (it is not a ViT). What works on it: "
+            f"{method} reads the attention of a ViT vision tower (every patch token, in "
+            f"every block); {name} is not a ViT. What works on it: "
             f"{NO_ATTENTION_ALTERNATIVES}"
         )
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CCIResult"]
+__all__ = ["CCIResult", "region_maps"]
 
 
 @dataclass
@@ -51,3 +52,14 @@ class CCIResult:
         """``(B, h, w)`` bool mask of each image's highest-weighted cluster."""
         top = torch.nan_to_num(self.weights, nan=-float("inf")).argmax(1)
         return self.labels == top[:, None, None]
+
+
+def region_maps(results: list[CCIResult], size: tuple[int, int], upsample: str) -> Tensor:
+    """``(B, 1, H, W)`` CCI map: each result's patch map (the weight of every patch's
+    region) upsampled to the image ``size``, averaged over the results (one per K)."""
+    kw = {} if upsample == "nearest" else {"align_corners": False}
+    maps = [
+        F.interpolate(res.patch_map()[:, None].float(), size=tuple(size), mode=upsample, **kw)
+        for res in results
+    ]
+    return sum(maps[1:], maps[0]) / len(maps)

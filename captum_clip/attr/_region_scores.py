@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from captum_clip.models.base import VisionTower
+from captum_clip.models.base import DropUnavailable, VisionTower
 
 __all__ = ["one_region_each", "region_hidden", "variant_scores"]
 
@@ -94,7 +94,9 @@ def variant_scores(
             (``vision.keep_patches``; the same scores as masking, a row showing half the
             image costs about half a forward), rows with the same number of kept patches
             batched together; rows that keep no patch are masked. Default: where the
-            tower supports it (``vision.can_drop``).
+            tower supports it (``vision.can_drop``), masking every row instead when the
+            tower's blocks turn out not to allow it (same values, the masked cost);
+            ``True`` raises then.
 
     Returns:
         ``(B, V)`` float32 scores, NaN where ``valid`` is False.
@@ -114,10 +116,15 @@ def variant_scores(
         grid = _grid(p, grid)
         fill = torch.broadcast_to(fill, inputs.shape)
     elif vision.can_drop if drop is None else drop:
-        values = _dropped_scores(score, inputs, rows_hidden, src, vision, step, show_progress)
-        out = torch.full((b, v), float("nan"), device=inputs.device)
-        out[valid.to(inputs.device)] = values
-        return out
+        try:
+            values = _dropped_scores(score, inputs, rows_hidden, src, vision, step, show_progress)
+        except DropUnavailable:
+            if drop:
+                raise
+        else:
+            out = torch.full((b, v), float("nan"), device=inputs.device)
+            out[valid.to(inputs.device)] = values
+            return out
     for start in tqdm(range(0, n, step), desc="CCI", disable=not show_progress):
         rows = slice(start, start + step)
         idx = src[rows]

@@ -12,15 +12,24 @@ linear layers, convolutions, sums    epsilon rule with epsilon -> 0: the plain g
                                      (biases absorb relevance)
 element-wise activations (GELU, ...) identity rule: gradient ``act(x) / x``
 LayerNorm / RMSNorm (also q/k norms)  identity rule on the normalisation: the standard
-                                     deviation is a constant in the backward
+                                     deviation is a constant in the backward (over the
+                                     channels for the channels-first LayerNorm2d of
+                                     convolutional stems; a norm-act module's activation
+                                     gets the identity rule after it)
 softmax                              the paper's linearisation, ``x (R - s sum R)``: in
                                      gradient x input the plain softmax gradient
 ``q k^T`` and ``A v``                 uniform rule: each factor gets half -> the
                                      gradients of ``q`` and ``k`` are divided by 4, of
                                      ``v`` by 2 (``lxt``'s ``divide_gradient``)
-gated MLP product (SwiGLU)           uniform rule: each factor's gradient halved
+gated MLP product (SwiGLU, GeGLU)    uniform rule: each factor's gradient halved
 final L2 normalisation of the cosine identity rule: the norm is a constant
 ==================================== =====================================================
+
+Convolutional stems before the blocks (ViTamin's ``MbConvStages``: convolutions, average
+pooling, LayerNorm2d, GELU, residual sums) need no other rule: their linear parts and sums
+keep the plain gradient (epsilon -> 0) and the norms and activations get the rules above,
+so relevance is conserved through the stem as through the blocks
+(``tests/test_attnlrp.py`` checks it on a bias-free ViTamin).
 
 ``attention="cp"`` is CP-LRP (Ali et al., ICML 2022), what ``lxt`` uses for torchvision
 ViTs: no relevance flows through the attention weights (``q`` and ``k`` get no
@@ -97,6 +106,21 @@ def _norm_rule(module: nn.Module, x: Tensor, rms: bool) -> Tensor:
     return y.to(x.dtype)
 
 
+def _norm_act_rule(module: nn.Module, x: Tensor, rms: bool) -> Tensor:
+    """A norm module's rule: channels-first (``LayerNorm2d``: ``(B, C, H, W)`` normalised
+    over ``C``) where its class says so, then its activation (timm norm-act modules) with
+    the activation's own hook (the identity rule)."""
+    if type(module).__name__.lower().endswith("2d"):
+        y = _norm_rule(module, x.permute(0, 2, 3, 1), rms).permute(0, 3, 1, 2)
+    else:
+        y = _norm_rule(module, x, rms)
+    act = getattr(module, "act", None)
+    if isinstance(act, nn.Module):
+        drop = getattr(module, "drop", None)
+        y = act(drop(y) if isinstance(drop, nn.Module) else y)
+    return y
+
+
 def _kind(module: nn.Module) -> str | None:
     name = type(module).__name__.lower()
     if isinstance(module, nn.LayerNorm) or name in ("layernorm", "layernorm2d", "layernormfp32"):
@@ -105,6 +129,8 @@ def _kind(module: nn.Module) -> str | None:
         return "rmsnorm"
     if hasattr(module, "fc1_g") and hasattr(module, "fc1_x"):
         return "swiglu"
+    if type(module).__name__ == "GeGluMlp" and hasattr(module, "w0") and hasattr(module, "w1"):
+        return "geglu"  # ViTamin: act(w0 x) * w1 x
     if type(module).__name__ == "GluMlp":
         return "glu"
     leaf = next(module.children(), None) is None and next(module.parameters(), None) is None
@@ -116,18 +142,27 @@ def _kind(module: nn.Module) -> str | None:
 def lrp_module_rules(root: nn.Module, hooks: HookManager) -> None:
     """Install the norm, activation and gated-MLP rules on every submodule of ``root``.
 
+    The gated products' halving hooks are installed after every activation's identity
+    rule: hooks run in the order they were registered, and the identity rule (whose
+    backward goes to the activation's input only) must come first on the gate's
+    activation, or it would drop the halving behind it.
+
     Raises:
         ValueError: A gated MLP the rules do not cover (timm ``GluMlp``).
     """
-    for module in root.modules():
-        kind = _kind(module)
+    kinds = [(module, _kind(module)) for module in root.modules()]
+    for module, kind in kinds:
         if kind in ("layernorm", "rmsnorm"):
             rms = kind == "rmsnorm"
-            hooks.forward(module, lambda m, a, out, rms=rms: _norm_rule(m, a[0], rms))
+            hooks.forward(module, lambda m, a, out, rms=rms: _norm_act_rule(m, a[0], rms))
         elif kind == "activation":
             hooks.forward(module, lambda m, a, out: _IdentityRule.apply(a[0], out))
-        elif kind == "swiglu":  # act(fc1_g x) * fc1_x x: uniform rule on the product
+    for module, kind in kinds:
+        if kind == "swiglu":  # act(fc1_g x) * fc1_x x: uniform rule on the product
             hooks.forward(module.fc1_x, lambda m, a, out: _halve(out))
+            hooks.forward(module.act, lambda m, a, out: _halve(out))
+        elif kind == "geglu":  # act(w0 x) * w1 x
+            hooks.forward(module.w1, lambda m, a, out: _halve(out))
             hooks.forward(module.act, lambda m, a, out: _halve(out))
         elif kind == "glu":
             raise ValueError(

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from captum._utils.common import _format_additional_forward_args
 from captum.attr import PerturbationAttribution
 from captum.log import log_usage
@@ -31,39 +30,20 @@ from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager, preserve_model_state
 from captum_clip._validate import check_batch_size, check_choice, check_images, check_target
+from captum_clip.attr import _cci_settings as settings
 from captum_clip.attr import _regions
-from captum_clip.attr._cci_result import CCIResult
+from captum_clip.attr._cci_result import CCIResult, region_maps
 from captum_clip.attr._kmeans import check_clusterer, cluster_grid
 from captum_clip.attr._region_games import game_values, leaf_groups, user_partition
 from captum_clip.attr._region_scores import one_region_each, variant_scores
 from captum_clip.attr._regions import check_n_clusters, normalize_values
-from captum_clip.metrics._common import expand_args, make_baseline
+from captum_clip.metrics import expand_args, make_baseline
 from captum_clip.models.adapter import resolve_tower
 from captum_clip.models.conv import grid_tower
 
 resolve_vision = resolve_tower  # former name; see captum_clip.models.resolve_tower
 
 __all__ = ["CCI", "CCIResult", "ClusterConceptImportance", "resolve_vision"]
-
-MASK_MODES = ("auto", "attention", "pixel")
-NORMALIZATIONS = ("abs", "sum", None)
-UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
-SCORES = ("logit", "prob")
-DEFAULT_N_CLUSTERS = 7
-"""K of :meth:`CCI.default_for` (the paper's CCI: ``diagnose(method="cci")``, COVAR with
-``diagnosis="cci"``) and of the exact estimators and ``"occlusion"``."""
-DEFAULT_ESTIMATOR = "sufficiency"
-"""``CCI()``'s estimator: ahead of GradientRollout and integrated gradients on whole-patch
-deletion and of the paper's occlusion on deletion and insertion in ``benchmarks/results/cci_regions_rank.md`` (``docs/cci.md``)."""
-#: Default K per estimator (others: :data:`DEFAULT_N_CLUSTERS`); capped at the grid's cells.
-DEFAULT_K = {"sufficiency": 32, "sampled_shapley": 16, "owen": 16}
-
-
-def default_n_clusters(estimator: str, budget: Any) -> int:
-    """K when ``n_clusters`` is not given (budgeted estimators without a budget: exact, 7)."""
-    if estimator in _regions.BUDGETED and budget is None:
-        return DEFAULT_N_CLUSTERS
-    return DEFAULT_K.get(estimator, DEFAULT_N_CLUSTERS)
 
 
 class CCI(PerturbationAttribution):
@@ -127,7 +107,7 @@ class CCI(PerturbationAttribution):
         clusterer: Any = None,
         random_state: int = 0,
         score: str = "logit",
-        estimator: str = DEFAULT_ESTIMATOR,
+        estimator: str = settings.DEFAULT_ESTIMATOR,
         budget: int | None | str = "default",
         grid_layer: nn.Module | None = None,
         channels_last: bool = False,
@@ -137,9 +117,11 @@ class CCI(PerturbationAttribution):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
         check_choice(
-            mask_mode=(mask_mode, MASK_MODES), normalize=(normalize, NORMALIZATIONS),
-            upsample=(upsample, UPSAMPLE_MODES), score=(score, SCORES),
-        )  # fmt: skip
+            mask_mode=(mask_mode, settings.MASK_MODES),
+            normalize=(normalize, settings.NORMALIZATIONS),
+            upsample=(upsample, settings.UPSAMPLE_MODES),
+            score=(score, settings.SCORES),
+        )
         if grid_layer is not None and mask_mode == "attention":
             raise ValueError(
                 "grid_layer clusters a module's feature map and hides clusters by their "
@@ -152,12 +134,10 @@ class CCI(PerturbationAttribution):
             mask_mode = "attention" if self.vision.is_vit else "pixel"
         self.layer = layer
         self.vision.block_index(layer)  # validates
-        if n_clusters is None:
-            n_clusters = default_n_clusters(estimator, budget)
-            try:  # never more regions than the grid has cells
-                n_clusters = min(n_clusters, self.vision.n_patches)
-            except ValueError:  # a named grid layer of a tower without an image size
-                pass
+        if n_clusters is None:  # never more regions than the grid has cells
+            n_clusters = settings.capped_k(
+                self.vision, settings.default_n_clusters(estimator, budget)
+            )
         self.n_clusters = check_n_clusters(n_clusters)
         if mask_mode == "attention" and not self.vision.is_vit:
             raise ValueError(
@@ -183,7 +163,7 @@ class CCI(PerturbationAttribution):
 
     @classmethod
     def default_for(
-        cls, forward_func: Callable, n_clusters: int = DEFAULT_N_CLUSTERS, **kwargs: Any
+        cls, forward_func: Callable, n_clusters: int = settings.DEFAULT_N_CLUSTERS, **kwargs: Any
     ) -> CCI:
         """The paper's CCI of a classifier: leave-one-out (``estimator="occlusion"``) over
         K=7 regions -- what ``diagnose(method="cci")``, COVAR with ``diagnosis="cci"`` and
@@ -202,11 +182,7 @@ class CCI(PerturbationAttribution):
         """
         tower = resolve_tower(forward_func, kwargs.get("vision_model"))
         vision = grid_tower(tower, kwargs.get("grid_layer"), kwargs.get("channels_last", False))
-        k = check_n_clusters(n_clusters)[0]
-        try:
-            k = min(k, vision.n_patches)
-        except ValueError:  # a named grid layer of a tower without an image size
-            pass
+        k = settings.capped_k(vision, check_n_clusters(n_clusters)[0])
         kwargs.setdefault("estimator", "occlusion")
         return cls(forward_func, n_clusters=k, **kwargs)
 
@@ -407,18 +383,13 @@ class CCI(PerturbationAttribution):
                     ),
                     base, clusters, ks, self.estimator, self.budget, self.random_state, groups,
                 )  # fmt: skip
-        all_labels = [labels.reshape(-1, *grid) for labels, _ in clusters]
-        results = []
-        maps = torch.zeros(inputs.shape[0], 1, *inputs.shape[-2:], device=inputs.device)
-        for labels, s, v, k in zip(all_labels, scores, values, ks):
-            res = CCIResult(
-                labels, s, normalize_values(v, self.normalize), base, k, v, self.estimator
-            )
-            results.append(res)
-            kw = {} if self.upsample == "nearest" else {"align_corners": False}
-            patch = res.patch_map()[:, None].float()
-            maps += F.interpolate(patch, size=inputs.shape[-2:], mode=self.upsample, **kw)
-        attributions = (maps / len(results)).expand_as(inputs).to(given_dtype).contiguous()
+        results = [
+            CCIResult(labels.reshape(-1, *grid), s, normalize_values(v, self.normalize), base, k,
+                      v, self.estimator)
+            for (labels, _), s, v, k in zip(clusters, scores, values, ks)
+        ]  # fmt: skip
+        maps = region_maps(results, inputs.shape[-2:], self.upsample)
+        attributions = maps.expand_as(inputs).to(given_dtype).contiguous()
         if is_tuple:
             attributions = (attributions,)
         if not return_clusters:

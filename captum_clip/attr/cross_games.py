@@ -33,7 +33,7 @@ from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_batch_size, check_images
 from captum_clip.attr import _cross_values as cv
 from captum_clip.attr._interaction_result import InteractionResult
-from captum_clip.attr._interaction_sides import ClipTextEncoder
+from captum_clip.attr._interaction_text import ClipTextEncoder
 from captum_clip.attr._kmeans import batched_kmeans
 
 __all__ = ["INDICES", "MAX_EXACT_PLAYERS", "CrossModalInteractions"]

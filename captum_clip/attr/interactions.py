@@ -34,11 +34,11 @@ from captum_clip.attr import _interaction_paths as paths
 from captum_clip.attr._interaction_result import InteractionResult
 from captum_clip.attr._interaction_sides import (
     ClipImageEncoder,
-    ClipTextEncoder,
     PixelPatchEncoder,
     TokenEncoder,
     normalize_embedding,
 )
+from captum_clip.attr._interaction_text import ClipTextEncoder
 
 __all__ = ["IntegratedInteractions", "InteractionResult", "TokenEncoder"]
 

@@ -32,8 +32,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from captum_clip.benchmark.methods import METHODS, ForwardCounter, MethodSettings, build_method
-from captum_clip.metrics import curve_auc, mask_share, pointing_game, road
-from captum_clip.metrics._common import run_batched, select_score
+from captum_clip.metrics import (
+    curve_auc,
+    mask_share,
+    pointing_game,
+    road,
+    run_batched,
+    select_score,
+)
 from captum_clip.metrics.faithfulness import perturbation_plan
 
 __all__ = ["FaithfulnessResult", "MetricSettings", "evaluate", "scored_curves"]

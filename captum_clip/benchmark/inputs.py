@@ -221,7 +221,7 @@ def run_folder(
         tokenizer: Local tokenizer (a saved Hugging Face tokenizer folder, or a callable)
             used when the model's own one is a hub download (SigLIP family).
     """
-    from captum_clip.covar._models import resolve_model
+    from captum_clip.models import resolve_model
     from captum_clip.models.heads import ClipClassifier
     from captum_clip.models.spec import default_templates
 

@@ -299,7 +299,7 @@ def evaluate_retrieval(
         ValueError: A caption longer than the model's context length (named), bad
             arguments, unreadable images (named), parts of another model in ``out_dir``.
     """
-    from captum_clip.covar._models import resolve_model
+    from captum_clip.models import resolve_model
 
     names = _check_args(gallery, batch_size, methods)
     settings = settings or RetrievalSettings()

@@ -10,9 +10,8 @@
 reach the module with ``importlib.import_module("captum_clip.covar.evaluate")``.)
 """
 
-from captum_clip.covar._models import ModelEntry
 from captum_clip.covar.build import BuildResult, build, load_manifest
-from captum_clip.covar.evaluate import EvalResult, evaluate, summarise_results
+from captum_clip.covar.evaluate import EvalResult, evaluate
 from captum_clip.covar.plots import plot_summary
 from captum_clip.covar.sources import (
     Background,
@@ -22,7 +21,9 @@ from captum_clip.covar.sources import (
     testbed_backgrounds,
     testbed_instances,
 )
+from captum_clip.covar.summary import summarise_results
 from captum_clip.covar.transforms import TRANSFORMS, TransformSpec
+from captum_clip.models import ModelEntry
 
 __all__ = [
     "TRANSFORMS",

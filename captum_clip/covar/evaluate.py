@@ -42,10 +42,11 @@ from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_batch_size
-from captum_clip.covar._models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.covar.build import load_manifest
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
+from captum_clip.covar.summary import summarise_results
 from captum_clip.diagnosis.batch import METHODS, PAPER_CCI, REGION_ABLATION
+from captum_clip.models import DEFAULT_TEMPLATES, ModelEntry, resolve_model
 from captum_clip.storage import ResumableTable, TableSchema, read_image, table_path, write_table
 
 __all__ = ["EvalResult", "TESTBED_FINE_GROUPS", "evaluate", "summarise_results"]
@@ -249,42 +250,6 @@ def _run_batches(entry, root, table, batches, mine, ctx, class_names, opts) -> i
             stacklevel=2,
         )
     return computed
-
-
-def summarise_results(results: pd.DataFrame, subsets: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per model x subset (transform, plus ``"all"``) counts and rates.
-
-    Columns: ``model``, ``diagnosis`` (when ``results`` has it), ``subset, family, n,
-    accuracy, n_errors, bg_er, fine_er, fg_er, unknown_er`` (counts; ``unknown_er``: errors
-    whose driver is undecided), ``bg_er_rate, fine_er_rate, fg_er_rate`` (shares of the
-    errors, as :func:`captum_clip.diagnosis.summarise`; with no unknown error they sum to
-    1), ``unknown`` (images whose driver is undecided), ``foreground_rate`` (among the
-    decided ones), ``mean_fg_share`` and ``bg_er_of_all`` (BG-Er / all images).
-    """
-    from captum_clip.diagnosis import summarise
-
-    if subsets is None:
-        subsets = list(dict.fromkeys(results["transform"]))
-    keep = ("n", "accuracy", "n_errors", "bg_er", "fine_er", "fg_er", "unknown_er",
-            "bg_er_rate", "fine_er_rate", "fg_er_rate", "unknown", "foreground_rate",
-            "mean_fg_share")  # fmt: skip
-    rows = []
-    for model in sorted(results["model"].unique()):
-        r = results[results["model"] == model]
-        for subset in [*subsets, "all"]:
-            part = r if subset == "all" else r[r["transform"] == subset]
-            if part.empty:
-                continue
-            s = summarise(part)
-            family = "all" if subset == "all" else str(part["family"].iloc[0])
-            row = {"model": model}
-            if "diagnosis" in part:
-                row["diagnosis"] = ", ".join(sorted(set(part["diagnosis"].astype(str))))
-            row.update(subset=subset, family=family)
-            row.update({k: s[k] for k in keep})
-            row["bg_er_of_all"] = s["bg_er"] / s["n"]
-            rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def evaluate(

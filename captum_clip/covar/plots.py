@@ -20,7 +20,7 @@ def plot_summary(
     BG-Er / FG-Er / Fine-Er shares of the errors per model (all subsets).
 
     Args:
-        summary: Output of :func:`~captum_clip.covar.evaluate.summarise_results`.
+        summary: Output of :func:`~captum_clip.covar.summary.summarise_results`.
         path: Where to save the PNG (``None``: do not save).
         title: Figure title (default: what was evaluated). Models whose spec names an
             open_clip architecture without weights are marked ``RANDOM WEIGHTS``.

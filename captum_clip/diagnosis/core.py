@@ -27,7 +27,7 @@ from captum_clip.diagnosis.batch import (
     resolve_method,
 )
 from captum_clip.diagnosis.table import build_table, summarise
-from captum_clip.metrics._common import check_inputs
+from captum_clip.metrics import check_inputs
 
 __all__ = ["ATTRIBUTION", "CATEGORIES", "Diagnosis", "causal_agreement", "diagnose"]
 

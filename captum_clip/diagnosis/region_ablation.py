@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_clip.metrics._common import make_baseline
+from captum_clip.metrics import make_baseline
 
 __all__ = ["ABLATION_SCORES", "region_effects"]
 

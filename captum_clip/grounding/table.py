@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_clip.attr._phrases import phrase_positions
+from captum_clip.attr import phrase_positions
 
 __all__ = ["ROLES", "measure", "normalise_roles", "patch_weights", "phrase_positions"]
 

@@ -21,7 +21,7 @@ from captum_clip.masks._common import (
     boxes_from_attributions,
     to_unit_images,
 )
-from captum_clip.metrics._common import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from captum_clip.metrics import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from captum_clip.models.errors import CheckpointNotFoundError
 
 

@@ -1,6 +1,22 @@
-"""Faithfulness and localisation metrics as Captum-style functions (one value per example)."""
+"""Faithfulness and localisation metrics as Captum-style functions (one value per example).
 
-from captum_clip.metrics._common import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, make_baseline
+Also public, for the subsystems above that perturb images the same way: ``make_baseline``
+(the replacement pixels), ``expand_args`` (additional forward arguments per variant),
+``run_batched`` (chunked forwards), ``select_score`` (logit / prob / top-k of the target),
+``importance_rank`` (the deletion order), ``check_inputs`` and the OpenAI normalisation
+constants.
+"""
+
+from captum_clip.metrics._common import (
+    OPENAI_DATASET_MEAN,
+    OPENAI_DATASET_STD,
+    check_inputs,
+    expand_args,
+    importance_rank,
+    make_baseline,
+    run_batched,
+    select_score,
+)
 from captum_clip.metrics.faithfulness import (
     GRAD_ECLIP,
     RISE,
@@ -23,9 +39,12 @@ __all__ = [
     "RISE",
     "Protocol",
     "RoadResult",
+    "check_inputs",
     "curve_auc",
     "deletion_auc",
     "deletion_curve",
+    "expand_args",
+    "importance_rank",
     "insertion_auc",
     "insertion_curve",
     "make_baseline",
@@ -38,4 +57,6 @@ __all__ = [
     "retrieval_auc",
     "retrieval_curve",
     "road",
+    "run_batched",
+    "select_score",
 ]

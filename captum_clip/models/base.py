@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from captum_clip._hooks import HookManager
 from captum_clip.models.blocks import BlockStack, BlockTrace, BlockView, RowPath, row_path
 
-__all__ = ["TextTower", "VisionTower", "ViTTower", "check_index"]
+__all__ = ["DropUnavailable", "TextTower", "VisionTower", "ViTTower", "check_index"]
+
+
+class DropUnavailable(ValueError):
+    """Running a forward on the kept patches alone is not available on this tower (found
+    when the tower's blocks are called); masking the hidden patches gives the same values,
+    and the region estimators fall back to it."""
 
 
 def check_index(index: int, n_blocks: int, what: str) -> int:
@@ -244,9 +250,9 @@ class ViTTower(VisionTower):
             return self._gather_tokens(x.transpose(0, 1), keep).transpose(0, 1)
         self.check_batch(x.shape[0], keep.shape[0])
         if x.shape[1] != self.n_prefix + self.n_patches:
-            raise ValueError(
-                f"keep_patches expected {self.n_prefix + self.n_patches} tokens at the first "
-                f"block, got {x.shape[1]}"
+            raise DropUnavailable(
+                f"dropping hidden patches expected {self.n_prefix + self.n_patches} tokens "
+                f"at the first block, got {x.shape[1]}"
             )
         idx = keep.to(x.device) + self.n_prefix
         prefix = torch.arange(self.n_prefix, device=x.device).expand(keep.shape[0], -1)
@@ -266,12 +272,16 @@ class ViTTower(VisionTower):
         Args:
             keep: ``(B, n_keep)`` long patch indices (row-major grid), the same number for
                 every example of the next forward, whose batch must be B.
+
+        Raises:
+            DropUnavailable: The tower cannot (``can_drop`` False), or its blocks are
+                called in a way that dropping does not handle (found at the forward).
         """
         self.check_keep(keep)
         if not self.can_drop:
-            raise ValueError(
-                f"{type(self).__name__} cannot drop patches (not proven equal to masking); "
-                "use hide_patches"
+            raise DropUnavailable(
+                f"{type(self.module).__name__} cannot run on the kept patches alone (not "
+                "proven equal to masking them); mask the hidden patches instead"
             )
         batch_dim = 0 if self.batch_first else 1
 
@@ -279,10 +289,18 @@ class ViTTower(VisionTower):
             masks = [a for a in args[1:] if isinstance(a, Tensor)]
             masks += [v for k, v in kwargs.items() if "mask" in k and isinstance(v, Tensor)]
             if masks:
-                raise ValueError("keep_patches needs blocks called without an attention mask")
+                raise DropUnavailable(
+                    "dropping hidden patches needs the blocks called without an attention "
+                    "mask; masking gives the same values"
+                )
             if args:
                 return (self._gather_tokens(args[0], keep, batch_dim), *args[1:]), kwargs
-            name = next(k for k in ("x", "q_x", "hidden_states") if k in kwargs)
+            name = next((k for k in ("x", "q_x", "hidden_states") if k in kwargs), None)
+            if name is None:
+                raise DropUnavailable(
+                    "dropping hidden patches found no token input (x, q_x or hidden_states) "
+                    f"in the first block's call, got keywords {sorted(kwargs)}"
+                )
             kwargs[name] = self._gather_tokens(kwargs[name], keep, batch_dim)
             return args, kwargs
 
@@ -299,8 +317,9 @@ class ViTTower(VisionTower):
         """A forward under :meth:`hide_patches` must have the batch it was set up for."""
         if received != expected:
             raise ValueError(
-                f"hide_patches was set up for a batch of {expected} images but the "
-                f"vision tower received {received}"
+                f"the hidden patches were set for a batch of {expected} images but the "
+                f"vision tower received {received} (forward_func must pass the batch "
+                "of images through unchanged)"
             )
 
 

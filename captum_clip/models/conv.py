@@ -10,12 +10,13 @@ What the family is, and how the adapters read it:
   method reads the output of stage ``i``.
 * **Grid size** (:attr:`ConvTower.grid_size`): measured once with a forward of one zero
   image at :attr:`image_size` (hooked, eval mode, no gradient; the model is restored).
-  Measured with random weights: RN50 and convnext_base 7x7 at 224 px (stride 32),
-  MobileCLIP-S1 / MobileCLIP2-S0 (FastViT MCi) 8x8 at 256 px (stride 32).
+  Measured with random weights: RN50, convnext_base and swin_base_patch4_window7_224 7x7
+  at 224 px (stride 32), MobileCLIP-S1 / MobileCLIP2-S0 (FastViT MCi) 8x8 at 256 px.
 * **Families**: :class:`OpenClipResNet` (open_clip ``ModifiedResNet``: ``layer1..4``,
   attention pooling); :class:`TimmConv` (open_clip ``TimmModel`` over a timm trunk that
   is not a ViT: ConvNeXt ``stages``; FastViT / MobileCLIP ``stages`` then ``final_conv``,
-  whose output is the last map; a timm ResNet's ``layer1..4``); :class:`LayerTower` (any
+  whose output is the last map; Swin ``layers``, whose maps are ``(B, h, w, C)``, timm
+  builds it with ``output_fmt="NHWC"``; a timm ResNet's ``layer1..4``); :class:`LayerTower` (any
   other tower, e.g. a hybrid such as ViTamin or a user's own encoder: the user names the
   module whose output is the grid, as for Captum's ``LayerGradCam``).
 * Methods that need attention (attention-mode CCI, rollout, Grad-ECLIP, MaskCLIP) refuse
@@ -161,12 +162,15 @@ class TimmConv(ConvTower):
             if isinstance(final, nn.Module) and not isinstance(final, nn.Identity):
                 out.append(final)
             return out
+        layers = getattr(trunk, "layers", None)  # Swin: stages in .layers, NHWC maps
+        if isinstance(layers, nn.Sequential) and len(layers) > 0:
+            return list(layers)
         layers = [getattr(trunk, f"layer{i}", None) for i in range(1, 5)]
         if all(isinstance(m, nn.Module) for m in layers):  # timm ResNet
             return layers
         raise ValueError(
-            f"cannot find the stages of the timm trunk {type(trunk).__name__} (no .stages, "
-            f"no .layer1..4); {GRID_HINT}"
+            f"cannot find the stages of the timm trunk {type(trunk).__name__} (expected "
+            f".stages, .layers or .layer1..4, found none); {GRID_HINT}"
         )
 
     @property

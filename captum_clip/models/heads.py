@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "ClipClassifier",
     "ClipSimilarity",
+    "ZeroShotHead",
     "check_context_length",
     "token_strings",
     "tokenize",
@@ -249,3 +250,43 @@ class ClipSimilarity(_ClipHead):
 
     def forward(self, images: Tensor) -> Tensor:
         return self._image_features(images) @ self.text_embeddings.T
+
+
+class ZeroShotHead(ClipClassifier):
+    """The testbed's zero-shot classifier: a :class:`~captum_clip.models.ClipClassifier`.
+
+    Normalised images ``(B, 3, H, W)`` → ``(B, 6)`` logits ``100 * cos(image, class
+    prompt)`` with the class prompts of :func:`captum_clip.testbed.shapes.class_prompts`
+    (averaged over ``templates``). Being a ``ClipClassifier``, it is accepted by CCI,
+    ``diagnose`` and every attribution method; it is the same as
+    ``ClipClassifier(model, tokenizer, CLASS_NAMES, templates=["a photo of {}"],
+    logit_scale=100.0)``.
+
+    Args:
+        model: A testbed (or any open_clip) ``CLIP`` model.
+        tokenizer: Its tokenizer.
+        templates: Prompt templates with a ``{pattern}`` field (default
+            :data:`~captum_clip.testbed.shapes.PROMPT_TEMPLATE`).
+    """
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Callable, templates: tuple[str, ...] | None = None
+    ) -> None:
+        from captum_clip.testbed.shapes import CLASS_NAMES, PROMPT_TEMPLATE
+
+        templates = (PROMPT_TEMPLATE,) if templates is None else tuple(templates)
+        for t in templates:
+            if not isinstance(t, str) or "{pattern}" not in t:
+                raise ValueError(f"each template needs a '{{pattern}}' field, got {t!r}")
+        super().__init__(
+            model,
+            tokenizer,
+            list(CLASS_NAMES),
+            templates=[t.format(pattern="{}") for t in templates],
+            logit_scale=100.0,
+        )
+
+    @property
+    def text_features(self) -> torch.Tensor:
+        """The class text embeddings ``(6, D)`` (former name of ``text_embeddings``)."""
+        return self.text_embeddings

@@ -19,6 +19,7 @@ from captum_clip.models.errors import CheckpointNotFoundError, ModelLoadError
 
 __all__ = [
     "LoadedClip",
+    "check_tokenizer",
     "load_hf",
     "load_open_clip",
     "load_testbed_file",
@@ -43,6 +44,26 @@ class LoadedClip:
         return iter((self.model, self.preprocess, self.tokenizer))
 
 
+def check_tokenizer(tokenizer: Any, folder_ok: bool = True) -> None:
+    """The ``tokenizer`` argument of the loaders: None, a callable, or (``folder_ok``) a
+    folder path (``str`` / ``os.PathLike``) with a saved Hugging Face tokenizer.
+
+    Raises:
+        TypeError: Anything else (the message names the argument, what it takes, what came).
+    """
+    if tokenizer is None or callable(tokenizer):
+        return
+    if folder_ok and isinstance(tokenizer, (str, os.PathLike)):
+        return
+    took = "None (the model's own), a callable texts -> LongTensor (N, S)"
+    took += (
+        ", or a folder (str / os.PathLike) with a saved Hugging Face tokenizer"
+        if folder_ok
+        else " (the testbed models take no tokenizer folder)"
+    )
+    raise TypeError(f"tokenizer must be {took}; got {type(tokenizer).__name__} {tokenizer!r}")
+
+
 def load_open_clip(
     name: str,
     pretrained: str | None,
@@ -53,6 +74,7 @@ def load_open_clip(
     """An open_clip architecture with random weights, a pretrained tag or a local file."""
     import open_clip
 
+    check_tokenizer(tokenizer)
     state = None
     if checkpoint is not None:
         path = os.fspath(checkpoint)
@@ -153,6 +175,7 @@ def load_testbed_variant(
     """A bundled (or cached) testbed zoo variant."""
     from captum_clip.testbed.zoo import load_testbed
 
+    check_tokenizer(tokenizer, folder_ok=False)
     model, preprocess, tok = load_testbed(variant, device=device)
     return LoadedClip(model, preprocess, tokenizer or tok, "testbed", variant)
 
@@ -172,7 +195,9 @@ def load_hf(
     Raises:
         ModelLoadError: transformers missing, an unreadable folder / uncached hub id, a
             model type other than CLIP / SigLIP / SigLIP 2, or no tokenizer (with advice).
+        TypeError: ``tokenizer`` is none of those.
     """
+    check_tokenizer(tokenizer)
     try:
         from transformers import AutoConfig
     except ImportError as err:
@@ -286,6 +311,7 @@ def load_testbed_file(
     """A testbed zoo architecture with weights from a local file."""
     from captum_clip.testbed.zoo import TestbedPreprocess, build_model, build_tokenizer, load_config
 
+    check_tokenizer(tokenizer, folder_ok=False)
     cfg = load_config(variant)
     model = build_model(cfg)
     try:

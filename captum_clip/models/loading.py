@@ -10,6 +10,7 @@ import torch
 from captum_clip.models.errors import ModelLoadError, check_known_model
 from captum_clip.models.loaders import (
     LoadedClip,
+    check_tokenizer,
     load_hf,
     load_open_clip,
     load_testbed_variant,
@@ -25,7 +26,7 @@ def load_clip(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     variant: str | None = None,
-    tokenizer: Callable | None = None,
+    tokenizer: Callable | str | os.PathLike | None = None,
 ) -> LoadedClip:
     """Load a CLIP model with its preprocess and tokenizer.
 
@@ -46,7 +47,8 @@ def load_clip(
             ``texts -> LongTensor (N, S)``, or a folder with a saved Hugging Face tokenizer
             (open_clip architectures and ``hf:`` folders). open_clip's SigLIP-family
             tokenizers download from the Hugging Face hub on first use; offline, pass a
-            local one here (without one, loading fails in seconds with this advice).
+            local one here (without one, loading fails in seconds with this advice). The
+            testbed models take a callable only.
 
     Returns:
         :class:`LoadedClip` (unpacks as ``model, preprocess, tokenizer``), model in eval mode.
@@ -54,12 +56,15 @@ def load_clip(
         checkpoint.
 
     Raises:
+        TypeError: ``name`` is not a string, or ``tokenizer`` is neither None, a callable
+            nor a folder path.
         ModelLoadError: Unknown name/tag, mismatching checkpoint, or pretrained weights that
             cannot be fetched (:class:`~captum_clip.models.spec.PretrainedUnavailableError`;
             offline this fails in seconds, without retries).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
+    check_tokenizer(tokenizer, folder_ok=not name.startswith("testbed"))
     if (":" in name and not name.startswith("hf:")) or (name == "testbed" and checkpoint):
         if ":" in name and variant is not None:
             raise ValueError(f"spec {name!r} already names the variant; drop variant=")

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_clip._hooks import HookManager
-from captum_clip.models.base import ViTTower
+from captum_clip.models.base import DropUnavailable, ViTTower
 from captum_clip.models.blocks import BlockTrace, BlockView, RowPath
 
 __all__ = ["TimmViT", "is_timm_attention", "latent_pool_forward"]
@@ -225,17 +225,23 @@ class TimmViT(ViTTower):
         return self.pool_type != "unknown" and not getattr(self.trunk, "rope_mixed", False)
 
     def _keep_extra(self, hooks: HookManager, keep: Tensor) -> None:
-        """With RoPE every block gets the kept patches' rows of its table, per example."""
-        if not self.is_eva:
+        """With RoPE every block gets the kept patches' rows of its table, per example
+        (an ``Eva`` without RoPE, EVA-01, has only absolute positions, added before)."""
+        if getattr(self.trunk, "rope", None) is None:
             return
 
         def rope(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
             table = kwargs.get("rope")
             if table is None or len(args) > 1:
-                raise ValueError("keep_patches needs the Eva blocks' rope passed by keyword")
+                raise DropUnavailable(
+                    "dropping hidden patches needs the Eva blocks' RoPE table passed by "
+                    f"keyword; got {len(args)} positional arguments and keywords "
+                    f"{sorted(kwargs)}"
+                )
             if table.ndim != 2 or table.shape[0] != self.n_patches:
-                raise ValueError(
-                    f"expected a ({self.n_patches}, dim) RoPE table, got {tuple(table.shape)}"
+                raise DropUnavailable(
+                    f"dropping hidden patches expected a ({self.n_patches}, dim) RoPE table, "
+                    f"got {tuple(table.shape)}"
                 )
             kwargs["rope"] = table[keep.to(table.device)][:, None]  # (B, 1, n_keep, dim)
             return args, kwargs
@@ -279,7 +285,10 @@ class TimmViT(ViTTower):
         def inject(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
             x = args[0] if args else kwargs["x"]
             if len(args) > 1:
-                raise ValueError("hide_patches needs the timm blocks' masks passed by keyword")
+                raise ValueError(
+                    "masking patches needs the timm blocks' attention mask passed by keyword "
+                    f"(as timm's own forward does); got {len(args)} positional arguments"
+                )
             self.check_batch(x.shape[0], b)
             kwargs["attn_mask"] = _combine(block_mask, kwargs.get("attn_mask"), x)
             return args, kwargs
@@ -304,7 +313,8 @@ class TimmViT(ViTTower):
             x = args[0] if args else kwargs["x"]
             if x.shape[1] != keys.shape[1]:
                 raise ValueError(
-                    f"hide_patches set up the pooler for {keys.shape[1]} tokens, got {x.shape[1]}"
+                    f"the hidden patches were set for a pooler over {keys.shape[1]} tokens, "
+                    f"got {x.shape[1]}"
                 )
             self.check_batch(x.shape[0], keys.shape[0])
             kwargs["attn_mask"] = _combine(mask, kwargs.get("attn_mask"), x)

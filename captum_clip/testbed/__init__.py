@@ -20,7 +20,6 @@ from captum_clip.testbed.shapes import (
 from captum_clip.testbed.tokenizer import TestbedTokenizer
 from captum_clip.testbed.zoo import (
     TestbedPreprocess,
-    ZeroShotHead,
     build_model,
     list_variants,
     load_testbed,
@@ -35,7 +34,6 @@ __all__ = [
     "Scenes",
     "TestbedPreprocess",
     "TestbedTokenizer",
-    "ZeroShotHead",
     "build_model",
     "causal_labels",
     "class_prompts",

@@ -1,4 +1,10 @@
-"""Model specs of ``covar eval``: strings like ``"testbed:shortcut"`` or loaded models."""
+"""Model identity: a spec string (``"testbed:shortcut"``, ``"ViT-B-32:openai"``) or a loaded
+model as a lazily loaded :class:`ModelEntry`, and the fingerprint of its weights.
+
+Used by every long run that stores results per model (``covar eval``, the faithfulness
+and retrieval harnesses): the fingerprint is stored with each row so that a resumed run
+never mixes the rows of two different weights under one name.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,9 @@ from torch import nn
 from captum_clip.models.spec import DEFAULT_TEMPLATES, TESTBED_TEMPLATES
 from captum_clip.storage import state_dict_digest
 
-__all__ = ["DEFAULT_TEMPLATES", "TESTBED_TEMPLATES", "ModelEntry", "resolve_model"]
+__all__ = [
+    "DEFAULT_TEMPLATES", "TESTBED_TEMPLATES", "ModelEntry", "resolve_model", "weights_fingerprint"
+]  # fmt: skip
 
 
 @dataclass

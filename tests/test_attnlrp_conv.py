@@ -21,11 +21,16 @@ from torch import nn
 
 from captum_clip._hooks import HookManager
 from captum_clip.attr import AttnLRP, LeGrad
+from captum_clip.attr import _conv_lrp as conv_lrp
 from captum_clip.attr._conv_lrp import conv_lrp_rules
 from captum_clip.models import ClipClassifier
 
 zennit = pytest.importorskip("zennit")
-from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm  # noqa: E402
+from zennit.canonizers import (  # noqa: E402
+    AttributeCanonizer,
+    NamedMergeBatchNorm,
+    SequentialMergeBatchNorm,
+)
 from zennit.composites import LayerMapComposite  # noqa: E402
 from zennit.layer import Sum  # noqa: E402
 from zennit.rules import Epsilon, Gamma, Norm, Pass  # noqa: E402
@@ -151,3 +156,179 @@ def test_resnet_trunk_matches_zennit(gamma, dtype, tol):
     _report(f"RN50 trunk, gamma={gamma}, {dtype}", ours, ref)
     torch.testing.assert_close(ours, ref, atol=tol * ref.abs().max().item(), rtol=0)
     assert ref.abs().max() > 1e-5
+
+
+def test_conv_linear_stack_matches_zennit():
+    """Linear layers (epsilon), max and adaptive average pooling, flatten, ReLU."""
+    torch.manual_seed(0)
+    stack = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, groups=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4),
+    )  # fmt: skip
+    stack = _random_stats(stack).eval().double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    for gamma in (0.25, 0.0):
+        ours = _ours(stack, stack, x, gamma)
+        ref = _zennit_relevance(
+            copy.deepcopy(stack), x, _zennit_composite(gamma), [SequentialMergeBatchNorm()]
+        )
+        _report(f"conv/linear stack, gamma={gamma}", ours, ref)
+        torch.testing.assert_close(ours, ref, atol=1e-12 * ref.abs().max().item(), rtol=0)
+
+
+# ------------------------------------------------------------------------ by hand
+def _relevance_through(module, x, out_grad, gamma=0.25, attention="attnlrp"):
+    """Relevance at ``x`` of one module under the composite, ``out * out_grad`` above."""
+    x = x.clone().requires_grad_(True)
+    with HookManager(module) as hooks:
+        module.eval()
+        conv_lrp_rules(module, hooks, gamma, attention)
+        out = module(x)
+        (grad,) = torch.autograd.grad(out, x, grad_outputs=out_grad)
+    return x * grad, out.detach()
+
+
+def test_layernorm2d_is_the_identity_rule_on_the_normalisation():
+    """timm LayerNorm2d: y = w (x - mean) / std + b with std held constant, by hand."""
+    from timm.layers import LayerNorm2d
+
+    norm = LayerNorm2d(5)
+    with torch.no_grad():
+        norm.weight.normal_(1, 0.3)
+        norm.bias.normal_(0, 0.3)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    norm.double()
+    g = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    ours, out = _relevance_through(norm, x, g)
+    std = (x.var(1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    wg = norm.weight[None, :, None, None].detach() * g  # d/dx of w (x - mean(x)) / std . g
+    hand = x * (wg - wg.mean(1, keepdim=True)) / std
+    torch.testing.assert_close(ours, hand, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out, norm(x).detach(), atol=1e-12, rtol=1e-10)
+    # without bias the rule is conservative: sum R_x = sum y * g
+    with torch.no_grad():
+        norm.bias.zero_()
+    ours, out = _relevance_through(norm, x, g)
+    torch.testing.assert_close(ours.sum(), (out * g).sum(), atol=1e-10, rtol=1e-10)
+
+
+def test_squeeze_excite_gate_is_held_constant():
+    """timm SEModule: x * gate(x) -> all relevance to x, R_x = R_y (element-wise)."""
+    from timm.layers import SEModule
+
+    se = SEModule(6, rd_ratio=0.5).double()
+    x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    g = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    ours, out = _relevance_through(se, x, g)  # exact up to the rule's stabiliser (1e-10 / x)
+    torch.testing.assert_close(ours, out * g, atol=1e-9, rtol=1e-6)
+
+
+def _pool_by_hand(pool, x, detach_attention, detach_value):
+    """open_clip AttentionPool2d written out: mean token + positions, one query."""
+    b, c = x.shape[:2]
+    t = x.reshape(b, c, -1).permute(2, 0, 1)
+    t = torch.cat([t.mean(0, keepdim=True), t]) + pool.positional_embedding[:, None]
+    heads = pool.num_heads
+
+    def split(u):
+        return u.reshape(u.shape[0], b, heads, -1).permute(1, 2, 0, 3)
+
+    tq = t.detach() if detach_attention else t
+    q, k = split(pool.q_proj(tq[:1])), split(pool.k_proj(tq))
+    v = split(pool.v_proj(t.detach() if detach_value else t))
+    attn = ((q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5).softmax(-1)
+    return pool.c_proj((attn @ v).permute(2, 0, 1, 3).reshape(b, c))
+
+
+def test_attention_pool_rules_by_hand(monkeypatch):
+    """AttnLRP's uniform rule = half the value path + a quarter of the attention path
+    (through q and k); CP-LRP = the value path alone (attention held constant). The linear
+    layers' epsilon is set to 1e-30 here (their rule is then the plain gradient, checked
+    against zennit above), so the attention rule alone is compared."""
+    monkeypatch.setattr(conv_lrp, "EPSILON_LINEAR", 1e-30)
+    model, _ = make_resnet(0)
+    pool = model.visual.attnpool.double()
+    x = torch.randn(2, pool.k_proj.in_features, 4, 4, dtype=torch.float64)
+    g = torch.randn(2, pool.c_proj.out_features, dtype=torch.float64)
+
+    def grad_of(fn):
+        xx = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(xx), xx, grad_outputs=g)
+        return grad
+
+    value = grad_of(lambda xx: _pool_by_hand(pool, xx, True, False))
+    attention = grad_of(lambda xx: _pool_by_hand(pool, xx, False, True))
+    for rule, hand in (("attnlrp", x * (0.5 * value + 0.25 * attention)), ("cp", x * value)):
+        ours, out = _relevance_through(pool, x, g, attention=rule)
+        torch.testing.assert_close(out, pool(x).detach(), atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(ours, hand, atol=1e-12 * hand.abs().max().item(), rtol=0)
+    assert not torch.allclose(value, attention)
+
+
+# ------------------------------------------------------------------------ whole towers
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    model, tok = FAMILIES[request.param](0)
+    return request.param, model, _clf(model, tok)
+
+
+def _bias_free(model: nn.Module) -> nn.Module:
+    """Every bias, batch-norm mean and positional embedding of the image tower at zero:
+    each rule is then conservative, and with CP attention the tower is too."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.visual.named_parameters():
+            if name.endswith("bias") or "positional_embedding" in name:
+                p.zero_()
+        for m in model.visual.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.zero_()
+    return model
+
+
+def test_forward_value_unchanged_under_the_rules(family):
+    """The rules change the backward only: the embedding inside equals encode_image."""
+    _, model, clf = family
+    lrp = AttnLRP(clf)
+    x = _images(2)
+    with HookManager(*lrp._guarded()) as hooks, torch.enable_grad():
+        emb = lrp._embedding(x.clone().requires_grad_(True), hooks)
+    with torch.no_grad():
+        ref = model.encode_image(x)
+    torch.testing.assert_close(emb, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bias_free_towers_conserve_the_logit(family, monkeypatch):
+    """Sum of the pixel relevance = the logit (CP attention, no bias anywhere). With the
+    stabiliser of the gamma / epsilon denominators at 1e-12 (default 1e-6, which absorbs
+    up to 0.2% of the logit in these tiny random towers)."""
+    monkeypatch.setattr(conv_lrp, "EPSILON_LINEAR", 1e-12)
+    name, model, clf = family
+    free = _bias_free(model)
+    clf = ClipClassifier(free, clf.tokenizer, CLASSES, templates=("a photo of {}",))
+    x, t = _images(3, seed=1), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        logit = clf(x).gather(1, t[:, None])[:, 0]
+    rel = AttnLRP(clf, attention="cp").attribute(x, target=t).sum((1, 2, 3))
+    full = AttnLRP(clf).attribute(x, target=t).sum((1, 2, 3))
+    print(f"{name} bias-free: logit {logit.tolist()}, sum R cp {rel.tolist()}, "
+          f"attnlrp {full.tolist()}")  # fmt: skip
+    torch.testing.assert_close(rel, logit, atol=1e-5, rtol=1e-5)
+    if name == "convnext":  # no attention: the attention rule does not matter
+        torch.testing.assert_close(full, logit, atol=1e-5, rtol=1e-5)
+    if name == "resnet":  # the softmax rule of AttnLRP is not conservative
+        assert not torch.allclose(full, logit, atol=1e-3)
+
+
+def test_conservation_report(family):
+    """What the biases absorb in the (random) towers: printed, and bounded by the
+    relevance the biases take (the gap vanishes with them, previous test)."""
+    name, model, clf = family
+    x, t = _images(3, seed=1), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        logit = clf(x).gather(1, t[:, None])[:, 0]
+    for rule in ("attnlrp", "cp"):
+        rel = AttnLRP(clf, attention=rule).attribute(x, target=t)
+        print(f"{name} {rule}: sum R {rel.sum((1, 2, 3)).tolist()} vs logit {logit.tolist()}")
+        assert torch.isfinite(rel).all() and rel.abs().sum() > 0

@@ -84,7 +84,7 @@ def norm_rule(module: nn.Module, x: Tensor, rms: bool, channels_first: bool = Fa
         if hasattr(module, "normalized_shape")
         else (-1,)
     )
-    xf = x.float()
+    xf = x if x.dtype == torch.float64 else x.float()  # half precision computed in float32
     eps = float(getattr(module, "eps", None) or getattr(module, "variance_epsilon", 1e-6))
     if rms:
         y = xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps).detach()
@@ -92,8 +92,8 @@ def norm_rule(module: nn.Module, x: Tensor, rms: bool, channels_first: bool = Fa
         centred = xf - xf.mean(dims, keepdim=True)
         y = centred * torch.rsqrt(centred.pow(2).mean(dims, keepdim=True) + eps).detach()
     w, b = getattr(module, "weight", None), getattr(module, "bias", None)
-    y = y * w.float() if isinstance(w, Tensor) else y
-    y = y + b.float() if isinstance(b, Tensor) else y
+    y = y * w.to(xf.dtype) if isinstance(w, Tensor) else y
+    y = y + b.to(xf.dtype) if isinstance(b, Tensor) else y
     return y.to(x.dtype)
 
 

@@ -332,3 +332,82 @@ def test_conservation_report(family):
         rel = AttnLRP(clf, attention=rule).attribute(x, target=t)
         print(f"{name} {rule}: sum R {rel.sum((1, 2, 3)).tolist()} vs logit {logit.tolist()}")
         assert torch.isfinite(rel).all() and rel.abs().sum() > 0
+
+
+def test_batch_split_and_model_restored(family):
+    """Same relevance in one batch or split; no hook, patch, mode or flag left behind,
+    also after an exception in the middle of the backward's forward."""
+    _, model, clf = family
+    x = _images(2)
+    lrp = AttnLRP(clf)
+    rel = lrp.attribute(x, target=[0, 2])
+    torch.testing.assert_close(rel, lrp.attribute(x, target=[0, 2], internal_batch_size=1),
+                               atol=1e-7, rtol=1e-5)  # fmt: skip
+    model.train()
+    first = next(model.visual.parameters())
+    first.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    modes = [m.training for m in model.modules()]
+    run = lrp.tower.run
+    lrp.tower.run = lambda images: (run(images), (_ for _ in ()).throw(RuntimeError("boom")))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            lrp.attribute(x, target=[0, 1])
+    finally:
+        del lrp.tower.run
+    lrp.attribute(x[:1], target=0)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert [m.training for m in model.modules()] == modes
+    assert not [m for m in model.modules() if m._forward_hooks or "forward" in vars(m)]
+    model.eval()
+    first.requires_grad_(True)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), clf(x))
+    torch.testing.assert_close(lrp.attribute(x, target=[0, 2]), rel)
+
+
+def test_reparameterised_fastvit(monkeypatch):
+    """FastViT / MobileCLIP after timm's reparameterize_model (one conv per block): same
+    embedding, conservation on the bias-free tower, a different map (the gamma rule on
+    one merged kernel is not the sum of the rules on its branches)."""
+    from timm.utils.model import reparameterize_model
+
+    monkeypatch.setattr(conv_lrp, "EPSILON_LINEAR", 1e-12)
+    model, tok = make_fastvit(0)
+    model = _bias_free(model)
+    fused = copy.deepcopy(model)
+    fused.visual.trunk = reparameterize_model(fused.visual.trunk)
+    assert any(getattr(m, "reparam_conv", None) is not None for m in fused.modules())
+    x, t = _images(2), torch.tensor([1, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(fused.encode_image(x), model.encode_image(x),
+                                   atol=1e-4, rtol=1e-4)  # fmt: skip
+        logit = _clf(fused, tok)(x).gather(1, t[:, None])[:, 0]
+    rel = AttnLRP(_clf(fused, tok), attention="cp").attribute(x, target=t)
+    print(f"reparameterised FastViT, bias-free, cp: sum R {rel.sum((1, 2, 3)).tolist()}, "
+          f"logit {logit.tolist()}")  # fmt: skip
+    torch.testing.assert_close(rel.sum((1, 2, 3)), logit, atol=1e-3, rtol=1e-3)
+    branched = AttnLRP(_clf(model, tok), attention="cp").attribute(x, target=t)
+    assert not torch.allclose(rel, branched, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ refusals
+def test_refusals_name_what_works(family):
+    name, model, clf = family
+    with pytest.raises(ValueError, match="not a ViT") as err:
+        LeGrad(clf)
+    assert "AttnLRP" in str(err.value)
+    with pytest.raises(TypeError, match="conv_gamma must be a float >= 0, got str"):
+        AttnLRP(clf, conv_gamma="0.25")
+    with pytest.raises(ValueError, match=r"conv_gamma must be a float >= 0, got -1"):
+        AttnLRP(clf, conv_gamma=-1)
+
+
+def test_unknown_module_types_are_refused():
+    """A user's encoder: its forward is unknown, so no rule is guessed."""
+    model, tok = make_custom(0)
+    with pytest.raises(ValueError) as err:
+        AttnLRP(_clf(model, tok))
+    message = str(err.value)
+    for expected in ("TinyEncoder", "ModifiedResNet", "ConvNeXt", "FastViT", "CCI(clf)"):
+        assert expected in message

@@ -152,17 +152,20 @@ def linear_rule(
 
 def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
     """``(scale, shift)`` of an eval-mode batch norm: ``bn(x) = scale * x + shift`` per channel."""
-    var, mean = bn.running_var.detach(), bn.running_mean.detach()
-    scale = torch.rsqrt(var + bn.eps) if bn.weight is None else bn.weight.detach() / (var + bn.eps) ** 0.5
-    shift = -mean * scale if bn.bias is None else bn.bias.detach() - mean * scale
-    return scale, shift
+    scale = _bn_scale(bn)
+    shift = -bn.running_mean.detach() * scale
+    return scale, shift if bn.bias is None else shift + bn.bias.detach()
+
+
+def _bn_scale(bn: nn.Module) -> Tensor:
+    scale = 1.0 / (bn.running_var.detach() + bn.eps) ** 0.5
+    return scale if bn.weight is None else bn.weight.detach() * scale
 
 
 def merged_batchnorm(conv: nn.Module, bn: nn.Module) -> tuple[Tensor, Tensor]:
     """Weight and bias of ``bn(conv(x))`` as one convolution (zennit's ``MergeBatchNorm``)."""
     w = conv.weight.detach()
-    denominator = (bn.running_var.detach() + bn.eps) ** 0.5
-    scale = (bn.weight.detach() if bn.weight is not None else 1.0) / denominator
+    scale = _bn_scale(bn)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros((), dtype=w.dtype)
     shift = bn.bias.detach() if bn.bias is not None else 0.0
     index = (slice(None),) + (None,) * (w.ndim - 1)

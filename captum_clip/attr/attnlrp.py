@@ -58,6 +58,7 @@ __all__ = ["ATTENTION_RULES", "AttnLRP", "lrp_module_rules"]
 ATTENTION_RULES = ("attnlrp", "cp")
 _ACTIVATIONS = ("gelu", "silu", "swish", "relu", "tanh", "sigmoid", "mish", "activation")
 
+
 def _kind(module: nn.Module) -> str | None:
     name = type(module).__name__.lower()
     if isinstance(module, nn.LayerNorm) or name in ("layernorm", "layernorm2d", "layernormfp32"):

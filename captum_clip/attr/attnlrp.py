@@ -26,7 +26,13 @@ final L2 normalisation of the cosine identity rule: the norm is a constant
 ViTs: no relevance flows through the attention weights (``q`` and ``k`` get no
 gradient) and ``A v`` is linear in ``v``.
 
-The modified backward is installed with hooks only (the model is never edited): norm and
+Convolutional towers (open_clip ModifiedResNet, timm ConvNeXt, FastViT / MobileCLIP) get
+the composite of :mod:`captum_clip.attr._conv_lrp` instead: a rule per layer type (the
+gamma rule on convolutions with their batch norms merged, epsilon on linear layers, the
+rules above on norms, activations and attention), checked against zennit where zennit has
+the layers; the table is in ``docs/peers.md``.
+
+On ViTs, the modified backward is installed with hooks only (the model is never edited): norm and
 activation modules get forward hooks that return the same value with the rule's gradient;
 the attention of every block (and of an attention pooler) is recomputed by
 :func:`~captum_clip.models.blocks.trace_blocks` / ``tower.trace_pool`` and the rule is

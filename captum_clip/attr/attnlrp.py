@@ -32,9 +32,9 @@ gamma rule on convolutions with their batch norms merged, epsilon on linear laye
 rules above on norms, activations and attention), checked against zennit where zennit has
 the layers; the table is in ``docs/peers.md``.
 
-On ViTs, the modified backward is installed with hooks only (the model is never edited): norm and
-activation modules get forward hooks that return the same value with the rule's gradient;
-the attention of every block (and of an attention pooler) is recomputed by
+On ViTs, the modified backward is installed with hooks only (the model is never edited):
+norm and activation modules get forward hooks that return the same value with the rule's
+gradient; the attention of every block (and of an attention pooler) is recomputed by
 :func:`~captum_clip.models.blocks.trace_blocks` / ``tower.trace_pool`` and the rule is
 applied by tensor hooks on the traced ``q``, ``k`` and attention output.
 """

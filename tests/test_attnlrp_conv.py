@@ -222,6 +222,20 @@ def test_batch_split_and_model_restored(family):
     torch.testing.assert_close(lrp.attribute(x, target=[0, 2]), rel)
 
 
+def test_half_precision_towers(family):
+    """float16 / bfloat16 towers: the rules run in float32 inside (the stabilisers underflow
+    in half precision), the values stay the model's; the map is float32's to rounding."""
+    name, model, clf = family
+    x = _images(2)
+    ref = AttnLRP(clf).attribute(x, target=[0, 2])
+    for dtype in (torch.float16, torch.bfloat16):
+        half = copy.deepcopy(model).to(dtype)
+        rel = AttnLRP(_clf(half, clf.tokenizer)).attribute(x.to(dtype), target=[0, 2])
+        assert rel.dtype == dtype and torch.isfinite(rel).all()
+        cos = torch.nn.functional.cosine_similarity(rel.float().flatten(1), ref.flatten(1))
+        assert (cos > 0.98).all(), (name, dtype, cos)  # bfloat16 keeps 8 bits
+
+
 def test_reparameterised_fastvit(monkeypatch):
     """FastViT / MobileCLIP after timm's reparameterize_model (one conv per block): same
     embedding, conservation on the bias-free tower, a different map (the gamma rule on

@@ -53,8 +53,9 @@ class IdentityRule(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
-        sign = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-        ctx.save_for_backward(y / (x + EPSILON * sign))
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # 1e-10 is 0 there
+        sign = torch.where(xf >= 0, 1.0, -1.0).to(xf.dtype)
+        ctx.save_for_backward((y.to(xf.dtype) / (xf + EPSILON * sign)).to(x.dtype))
         return y.clone()
 
     @staticmethod
@@ -128,6 +129,10 @@ def linear_rule(
     Returns:
         ``z`` with the rule's backward.
     """
+    if x.dtype in (torch.float16, torch.bfloat16):  # the rule in float32, the value kept
+        b = None if bias is None else bias.float()
+        y = linear_rule(x.float(), z.float(), fn, weight.float(), b, gamma, epsilon)
+        return z.detach() + (y - y.detach()).to(z.dtype)
     w = weight.detach()
     b = None if bias is None else bias.detach()
     z = z.detach()

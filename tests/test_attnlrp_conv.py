@@ -281,3 +281,7 @@ def test_unknown_module_types_are_refused():
     message = str(err.value)
     for expected in ("TinyEncoder", "ModifiedResNet", "ConvNeXt", "FastViT", "CCI(clf)"):
         assert expected in message
+    from timm.layers import Conv2dSame  # a Conv2d subclass that pads in its own forward
+
+    with pytest.raises(ValueError, match="module type.s. Conv2dSame of the vision tower"):
+        conv_lrp.check_conv_lrp(nn.Sequential(Conv2dSame(3, 4, 3), nn.ReLU()))

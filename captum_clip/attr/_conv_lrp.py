@@ -44,49 +44,63 @@ CONV_FAMILIES = (
 )
 """The convolutional towers whose every layer type has a rule (named by the refusal)."""
 
+_TIMM, _FASTVIT, _OC = "timm.layers", "timm.models.fastvit", "open_clip"
 STRUCTURAL = frozenset({
-    # containers, and timm / open_clip wrappers whose forward only chains submodules
-    "Sequential", "ModuleList", "TimmModel", "ModifiedResNet", "Bottleneck",
-    "ConvNeXt", "ConvNeXtStage", "ConvNeXtBlock", "Mlp", "NormMlpClassifierHead",
-    "ClassifierHead", "SelectAdaptivePool2d", "FastVit", "FastVitStage", "MobileOneBlock",
-    "ConvNormAct", "RepMixerBlock", "RepMixer", "ConvMlp", "PatchEmbed",
-    "ReparamLargeKernelConv", "RepConditionalPosEnc", "AttentionBlock", "LayerScale2d",
-    # element-wise linear or no-ops
-    "Identity", "Dropout", "DropPath", "Flatten", "AvgPool2d", "AdaptiveAvgPool2d",
-    "MaxPool2d", "ReLU",
+    f"{_OC}.timm_model.TimmModel", f"{_OC}.modified_resnet.ModifiedResNet",
+    f"{_OC}.modified_resnet.Bottleneck",
+    "timm.models.convnext.ConvNeXt", "timm.models.convnext.ConvNeXtStage",
+    "timm.models.convnext.ConvNeXtBlock",
+    f"{_FASTVIT}.FastVit", f"{_FASTVIT}.FastVitStage", f"{_FASTVIT}.MobileOneBlock",
+    f"{_FASTVIT}.RepMixerBlock", f"{_FASTVIT}.RepMixer", f"{_FASTVIT}.ConvMlp",
+    f"{_FASTVIT}.PatchEmbed", f"{_FASTVIT}.ReparamLargeKernelConv",
+    f"{_FASTVIT}.RepConditionalPosEnc", f"{_FASTVIT}.AttentionBlock",
+    f"{_FASTVIT}.LayerScale2d",
+    f"{_TIMM}.mlp.Mlp", f"{_TIMM}.classifier.NormMlpClassifierHead",
+    f"{_TIMM}.classifier.ClassifierHead", f"{_TIMM}.adaptive_avgmax_pool.SelectAdaptivePool2d",
+    f"{_TIMM}.conv_bn_act.ConvNormAct", f"{_TIMM}.drop.DropPath",
 })  # fmt: skip
-"""Classes whose plain gradient is their rule (ConvNeXtBlock and LayerScale2d multiply by
-their ``gamma``; RepMixer subtracts its ``norm`` branch; the rest are sums and reshapes)."""
+"""The towers' own classes (module path and name) whose forward was read: each only
+chains its children with sums, products by a constant (ConvNeXtBlock's and LayerScale2d's
+``gamma``), RepMixer's difference, means and reshapes -- the plain gradient is its rule."""
 
-_ACTIVATIONS = ("gelu", "silu", "swish", "tanh", "sigmoid", "mish", "hardswish")
-_GATES = ("SEModule", "SqueezeExcite", "EffectiveSEModule")
+_TORCH_GRADIENT = (
+    nn.Sequential, nn.ModuleList, nn.Identity, nn.Dropout, nn.Flatten, nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.ReLU,
+)  # fmt: skip
+_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Mish, nn.Hardswish)
+_TIMM_ACTIVATIONS = {"GELU", "GELUTanh", "Sigmoid", "Tanh", "Swish", "Mish", "HardSwish"}
+_NAMED = {  # rules of classes outside torch.nn, by module path and name
+    f"{_TIMM}.norm_act.BatchNormAct2d": "batchnorm",
+    f"{_TIMM}.norm.LayerNorm2d": "layernorm2d",
+    f"{_TIMM}.norm.LayerNorm": "layernorm",
+    f"{_OC}.transformer.LayerNormFp32": "layernorm",
+    f"{_OC}.modified_resnet.AttentionPool2d": "attention",
+    f"{_FASTVIT}.Attention": "attention",
+    f"{_TIMM}.squeeze_excite.SEModule": "gate",
+}
 EPSILON_LINEAR = 1e-6  # zennit's default for Epsilon / Gamma
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_EXACT = {nn.Linear: "linear", nn.BatchNorm2d: "batchnorm", nn.LayerNorm: "layernorm"}
 
 
 def rule_of(module: nn.Module) -> str | None:
-    """The rule name of ``module``'s type (None: no rule, the tower is refused)."""
-    name = type(module).__name__
-    if type(module) in _CONVS:  # subclasses may pad or standardise their weights in forward
+    """The rule name of ``module``'s type (None: no rule, the tower is refused).
+
+    Classes are matched exactly (a subclass may change the forward: timm's ``Conv2dSame``
+    pads, ``StdConv2d`` standardises its weight).
+    """
+    cls = type(module)
+    qualified = f"{cls.__module__}.{cls.__name__}"
+    if cls in _CONVS:
         return "conv"
-    if type(module) is nn.Linear:
-        return "linear"
-    if isinstance(module, nn.BatchNorm2d) and name in ("BatchNorm2d", "BatchNormAct2d"):
-        return "batchnorm"
-    if name == "LayerNorm2d":
-        return "layernorm2d"
-    if isinstance(module, nn.LayerNorm) and name in ("LayerNorm", "LayerNormFp32"):
-        return "layernorm"
-    if name in ("AttentionPool2d", "Attention") and type(module).__module__ in (
-        "open_clip.modified_resnet", "timm.models.fastvit"
-    ):  # fmt: skip
-        return "attention"
-    if name in _GATES:
-        return "gate"
-    leaf = next(module.children(), None) is None and next(module.parameters(), None) is None
-    if leaf and name.lower() in _ACTIVATIONS:
+    if cls in _EXACT:
+        return _EXACT[cls]
+    if qualified in _NAMED:
+        return _NAMED[qualified]
+    timm_act = cls.__module__ == f"{_TIMM}.activations" and cls.__name__ in _TIMM_ACTIVATIONS
+    if cls in _ACTIVATIONS or timm_act:
         return "activation"
-    if name in STRUCTURAL:
+    if cls in _TORCH_GRADIENT or qualified in STRUCTURAL:
         return "gradient"
     return None
 

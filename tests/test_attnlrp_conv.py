@@ -97,27 +97,54 @@ def _pool_by_hand(pool, x, detach_attention, detach_value):
     return pool.c_proj((attn @ v).permute(2, 0, 1, 3).reshape(b, c))
 
 
-def test_attention_pool_rules_by_hand(monkeypatch):
+def _fastvit_attention_by_hand(attn_module, x, detach_attention, detach_value):
+    """timm FastViT Attention written out: tokens of the map, fused qkv split by hand."""
+    a, (b, c, h, w) = attn_module, x.shape
+    t = x.flatten(2).transpose(-2, -1)
+
+    def project(u, i):
+        bias = None if a.qkv.bias is None else a.qkv.bias[i * c : (i + 1) * c]
+        out = torch.nn.functional.linear(u, a.qkv.weight[i * c : (i + 1) * c], bias)
+        return out.reshape(b, h * w, a.num_heads, -1).transpose(1, 2)
+
+    ta, tv = (t.detach() if detach_attention else t), (t.detach() if detach_value else t)
+    attn = ((project(ta, 0) @ project(ta, 1).transpose(-2, -1)) * a.scale).softmax(-1)
+    out = a.proj((attn @ project(tv, 2)).transpose(1, 2).reshape(b, h * w, c))
+    return out.transpose(-2, -1).reshape(b, c, h, w)
+
+
+def _attention_modules():
+    resnet, _ = make_resnet(0)
+    fastvit, _ = make_fastvit(0)
+    attention = next(m for m in fastvit.modules() if type(m).__name__ == "Attention")
+    return {"resnet attnpool": (resnet.visual.attnpool, _pool_by_hand),
+            "fastvit attention": (attention, _fastvit_attention_by_hand)}  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["resnet attnpool", "fastvit attention"])
+def test_attention_rules_by_hand(which, monkeypatch):
     """AttnLRP's uniform rule = half the value path + a quarter of the attention path
     (through q and k); CP-LRP = the value path alone (attention held constant). The linear
     layers' epsilon is set to 1e-30 here (their rule is then the plain gradient, checked
-    against zennit above), so the attention rule alone is compared."""
+    against zennit in test_lrp_zennit.py), so the attention rule alone is compared."""
     monkeypatch.setattr(conv_lrp, "EPSILON_LINEAR", 1e-30)
-    model, _ = make_resnet(0)
-    pool = model.visual.attnpool.double()
-    x = torch.randn(2, pool.k_proj.in_features, 4, 4, dtype=torch.float64)
-    g = torch.randn(2, pool.c_proj.out_features, dtype=torch.float64)
+    module, by_hand = _attention_modules()[which]
+    module = module.double().eval()
+    x = torch.randn(2, module.proj.in_features if hasattr(module, "proj") else
+                    module.k_proj.in_features, 4, 4, dtype=torch.float64)  # fmt: skip
+    with torch.no_grad():
+        g = torch.randn_like(module(x))
 
     def grad_of(fn):
         xx = x.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(fn(xx), xx, grad_outputs=g)
         return grad
 
-    value = grad_of(lambda xx: _pool_by_hand(pool, xx, True, False))
-    attention = grad_of(lambda xx: _pool_by_hand(pool, xx, False, True))
+    value = grad_of(lambda xx: by_hand(module, xx, True, False))
+    attention = grad_of(lambda xx: by_hand(module, xx, False, True))
     for rule, hand in (("attnlrp", x * (0.5 * value + 0.25 * attention)), ("cp", x * value)):
-        ours, out = _relevance_through(pool, x, g, attention=rule)
-        torch.testing.assert_close(out, pool(x).detach(), atol=1e-12, rtol=1e-10)
+        ours, out = _relevance_through(module, x, g, attention=rule)
+        torch.testing.assert_close(out, module(x).detach(), atol=1e-12, rtol=1e-10)
         torch.testing.assert_close(ours, hand, atol=1e-12 * hand.abs().max().item(), rtol=0)
     assert not torch.allclose(value, attention)
 

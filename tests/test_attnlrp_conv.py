@@ -130,8 +130,8 @@ def test_attention_rules_by_hand(which, monkeypatch):
     monkeypatch.setattr(conv_lrp, "EPSILON_LINEAR", 1e-30)
     module, by_hand = _attention_modules()[which]
     module = module.double().eval()
-    x = torch.randn(2, module.proj.in_features if hasattr(module, "proj") else
-                    module.k_proj.in_features, 4, 4, dtype=torch.float64)  # fmt: skip
+    width = (module.qkv if hasattr(module, "qkv") else module.k_proj).in_features
+    x = torch.randn(2, width, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         g = torch.randn_like(module(x))
 

@@ -253,7 +253,8 @@ def test_attention_methods_refuse_with_what_works(family):
     for method in (GradientRollout, GradECLIP, MaskCLIP):
         with pytest.raises(ValueError, match="not a ViT") as err:
             method(clf)
-        for alternative in ("CCI", "vit_gradcam", "IntegratedInteractions", "region_ablation"):
+        for alternative in ("AttnLRP", "CCI", "vit_gradcam", "IntegratedInteractions",
+                            "region_ablation"):  # fmt: skip
             assert alternative in str(err.value)
 
 

@@ -40,7 +40,8 @@ __all__ = [
 UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
 
 NO_ATTENTION_ALTERNATIVES = (
-    "CCI(clf) (pixel masking on the tower's feature grid), vit_gradcam(clf) (GradCAM on the "
+    "AttnLRP(clf) (LRP with a rule per layer type, on ResNet, ConvNeXt and FastViT / "
+    "MobileCLIP towers), CCI(clf) (pixel masking on the tower's feature grid), vit_gradcam(clf) (GradCAM on the "
     "last stage), IntegratedInteractions(model, tokenizer) (at the input pixels), "
     "diagnose(..., method='region_ablation') and the deletion / insertion metrics"
 )

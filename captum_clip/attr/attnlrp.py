@@ -35,9 +35,15 @@ so relevance is conserved through the stem as through the blocks
 ViTs: no relevance flows through the attention weights (``q`` and ``k`` get no
 gradient) and ``A v`` is linear in ``v``.
 
-The modified backward is installed with hooks only (the model is never edited): norm and
-activation modules get forward hooks that return the same value with the rule's gradient;
-the attention of every block (and of an attention pooler) is recomputed by
+Convolutional towers (open_clip ModifiedResNet, timm ConvNeXt, FastViT / MobileCLIP) get
+the composite of :mod:`captum_clip.attr._conv_lrp` instead: a rule per layer type (the
+gamma rule on convolutions with their batch norms merged, epsilon on linear layers, the
+rules above on norms, activations and attention), checked against zennit where zennit has
+the layers; the table is in ``docs/peers.md``.
+
+On ViTs, the modified backward is installed with hooks only (the model is never edited):
+norm and activation modules get forward hooks that return the same value with the rule's
+gradient; the attention of every block (and of an attention pooler) is recomputed by
 :func:`~captum_clip.models.blocks.trace_blocks` / ``tower.trace_pool`` and the rule is
 applied by tensor hooks on the traced ``q``, ``k`` and attention output.
 """
@@ -54,66 +60,26 @@ from tqdm.auto import tqdm
 
 from captum_clip._hooks import HookManager
 from captum_clip._validate import check_images, check_target
-from captum_clip.attr._base import refuse_without_attention, split_batches
+from captum_clip.attr._base import split_batches
+from captum_clip.attr._conv_lrp import CONV_FAMILIES, check_conv_lrp, conv_lrp_rules
+from captum_clip.attr._lrp_rules import IdentityRule, halve, norm_rule
 from captum_clip.attr.legrad import text_head
 from captum_clip.models.adapter import resolve_tower
 from captum_clip.models.blocks import trace_blocks
+from captum_clip.models.conv import ConvTower
 
 __all__ = ["ATTENTION_RULES", "AttnLRP", "lrp_module_rules"]
 
 ATTENTION_RULES = ("attnlrp", "cp")
 _ACTIVATIONS = ("gelu", "silu", "swish", "relu", "tanh", "sigmoid", "mish", "activation")
-EPSILON = 1e-10
-
-
-class _IdentityRule(torch.autograd.Function):
-    """``y = fn(x)`` given as ``y``; backward ``grad * y / x`` (the identity rule)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
-        sign = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-        ctx.save_for_backward(y / (x + EPSILON * sign))
-        return y.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (ratio,) = ctx.saved_tensors
-        return grad * ratio, None
-
-
-def _halve(t: Tensor) -> Tensor:
-    """Same value, half the gradient (the uniform rule on one factor of a product)."""
-    return 0.5 * t + 0.5 * t.detach()
-
-
-def _norm_rule(module: nn.Module, x: Tensor, rms: bool) -> Tensor:
-    """LayerNorm / RMSNorm recomputed with its scale constant in the backward."""
-    dims = (
-        tuple(range(-len(module.normalized_shape), 0))
-        if hasattr(module, "normalized_shape")
-        else (-1,)
-    )
-    xf = x.float()
-    eps = float(getattr(module, "eps", None) or getattr(module, "variance_epsilon", 1e-6))
-    if rms:
-        y = xf * torch.rsqrt(xf.pow(2).mean(dims, keepdim=True) + eps).detach()
-    else:
-        centred = xf - xf.mean(dims, keepdim=True)
-        y = centred * torch.rsqrt(centred.pow(2).mean(dims, keepdim=True) + eps).detach()
-    w, b = getattr(module, "weight", None), getattr(module, "bias", None)
-    y = y * w.float() if isinstance(w, Tensor) else y
-    y = y + b.float() if isinstance(b, Tensor) else y
-    return y.to(x.dtype)
 
 
 def _norm_act_rule(module: nn.Module, x: Tensor, rms: bool) -> Tensor:
     """A norm module's rule: channels-first (``LayerNorm2d``: ``(B, C, H, W)`` normalised
     over ``C``) where its class says so, then its activation (timm norm-act modules) with
     the activation's own hook (the identity rule)."""
-    if type(module).__name__.lower().endswith("2d"):
-        y = _norm_rule(module, x.permute(0, 2, 3, 1), rms).permute(0, 3, 1, 2)
-    else:
-        y = _norm_rule(module, x, rms)
+    channels_first = type(module).__name__.lower().endswith("2d")
+    y = norm_rule(module, x, rms, channels_first=channels_first)
     act = getattr(module, "act", None)
     if isinstance(act, nn.Module):
         drop = getattr(module, "drop", None)
@@ -156,14 +122,14 @@ def lrp_module_rules(root: nn.Module, hooks: HookManager) -> None:
             rms = kind == "rmsnorm"
             hooks.forward(module, lambda m, a, out, rms=rms: _norm_act_rule(m, a[0], rms))
         elif kind == "activation":
-            hooks.forward(module, lambda m, a, out: _IdentityRule.apply(a[0], out))
+            hooks.forward(module, lambda m, a, out: IdentityRule.apply(a[0], out))
     for module, kind in kinds:
         if kind == "swiglu":  # act(fc1_g x) * fc1_x x: uniform rule on the product
-            hooks.forward(module.fc1_x, lambda m, a, out: _halve(out))
-            hooks.forward(module.act, lambda m, a, out: _halve(out))
+            hooks.forward(module.fc1_x, lambda m, a, out: halve(out))
+            hooks.forward(module.act, lambda m, a, out: halve(out))
         elif kind == "geglu":  # act(w0 x) * w1 x
-            hooks.forward(module.w1, lambda m, a, out: _halve(out))
-            hooks.forward(module.act, lambda m, a, out: _halve(out))
+            hooks.forward(module.w1, lambda m, a, out: halve(out))
+            hooks.forward(module.act, lambda m, a, out: halve(out))
         elif kind == "glu":
             raise ValueError(
                 "AttnLRP does not cover timm's GluMlp (the gated product is inside one "
@@ -172,7 +138,7 @@ def lrp_module_rules(root: nn.Module, hooks: HookManager) -> None:
 
 
 class AttnLRP(GradientAttribution):
-    """AttnLRP relevance at the input pixels of a CLIP ViT (any family the adapters know).
+    """AttnLRP relevance at the input pixels of a CLIP image tower (ViT or convolutional).
 
     The explained score is the target logit ``scale * cos(image, text_c) (+ bias)`` of a
     :class:`~captum_clip.models.ClipClassifier` (the cosine of a
@@ -180,6 +146,13 @@ class AttnLRP(GradientAttribution):
     vision tower with the rules in the module docstring and returned at the pixels,
     ``(B, 3, H, W)`` like the inputs (sum over channels for a map). Relevance is
     conserved layer to layer up to what biases and the epsilon absorb.
+
+    On a convolutional tower (open_clip ModifiedResNet, timm ConvNeXt, FastViT /
+    MobileCLIP) the rules are the composite of :mod:`captum_clip.attr._conv_lrp` (one
+    rule per layer type, zennit's where zennit has one: the gamma rule on convolutions
+    with batch norms merged, epsilon on linear layers, the identity rule on activations,
+    LayerNorm as above, the attention rule of ``attention`` in attention pools and
+    FastViT's attention stage); the tower runs in eval mode (restored afterwards).
 
     One forward and one backward pass per image (no parameter gradients kept).
 
@@ -190,6 +163,8 @@ class AttnLRP(GradientAttribution):
         vision_model: See :class:`~captum_clip.attr._base.PatchMapAttribution`.
         attention: ``"attnlrp"`` (uniform rule through ``q k^T`` and ``A v``, the paper)
             or ``"cp"`` (CP-LRP: attention weights held constant).
+        conv_gamma: The gamma of the convolutions' gamma rule on a convolutional tower
+            (zennit's default 0.25; 0 gives the epsilon rule). Unused on a ViT.
         text_embeddings: ``(n_outputs, D)`` text embeddings (default: the forward
             function's).
     """
@@ -200,15 +175,30 @@ class AttnLRP(GradientAttribution):
         vision_model: Any = None,
         attention: str = "attnlrp",
         text_embeddings: Tensor | None = None,
+        conv_gamma: float = 0.25,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
         if attention not in ATTENTION_RULES:
             raise ValueError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
+        if isinstance(conv_gamma, bool) or not isinstance(conv_gamma, (int, float)):
+            raise TypeError(f"conv_gamma must be a float >= 0, got {type(conv_gamma).__name__}")
+        if not conv_gamma >= 0:
+            raise ValueError(f"conv_gamma must be a float >= 0, got {conv_gamma!r}")
         super().__init__(forward_func)
         tower = resolve_tower(forward_func, vision_model)
-        refuse_without_attention("AttnLRP", tower)
-        self.tower = resolve_tower(forward_func, vision_model, vit=True, need_cls=False)
+        self.is_conv = not tower.is_vit
+        if self.is_conv:
+            check_conv_lrp(tower.module)
+            if not isinstance(tower, ConvTower):
+                raise ValueError(
+                    f"AttnLRP needs a ViT or a known convolutional tower ({CONV_FAMILIES}); "
+                    f"got {type(tower.module).__name__}"
+                )
+            self.tower = tower
+        else:
+            self.tower = resolve_tower(forward_func, vision_model, vit=True, need_cls=False)
+        self.conv_gamma = float(conv_gamma)
         self.attention = attention
         self.text = text_head(forward_func, text_embeddings)
         scale = getattr(forward_func, "scale", None)
@@ -237,17 +227,27 @@ class AttnLRP(GradientAttribution):
             else:
                 pooler.context.register_hook(lambda g: 0.5 * g)
 
-    def _relevance(self, images: Tensor, target: Tensor) -> Tensor:
+    def _embedding(self, x: Tensor, hooks: HookManager) -> Tensor:
+        """The image embedding of ``x`` with the rules installed on the tower."""
         tower = self.tower
+        if self.is_conv:
+            for m in self._guarded():
+                m.eval()  # the batch norms' rules read the running statistics
+            conv_lrp_rules(tower.module, hooks, self.conv_gamma, self.attention)
+            return tower.run(x).float()
+        lrp_module_rules(tower.module, hooks)
+        pool = tower.trace_pool(hooks) if tower.pool_type == "attn" else None
+        store = trace_blocks(tower, list(range(tower.n_blocks)), hooks)
+        emb = tower.head(tower.run_blocks(tower.embed(x), 0, tower.n_blocks)).float()
+        self._apply_attention_rule(
+            [store[i] for i in range(tower.n_blocks)], None if pool is None else pool["pool"]
+        )
+        return emb
+
+    def _relevance(self, images: Tensor, target: Tensor) -> Tensor:
         with HookManager(*self._guarded()) as hooks, torch.enable_grad():
-            lrp_module_rules(tower.module, hooks)
-            pool = tower.trace_pool(hooks) if tower.pool_type == "attn" else None
-            store = trace_blocks(tower, list(range(tower.n_blocks)), hooks)
             x = images.detach().clone().requires_grad_(True)
-            emb = tower.head(tower.run_blocks(tower.embed(x), 0, tower.n_blocks)).float()
-            self._apply_attention_rule(
-                [store[i] for i in range(tower.n_blocks)], None if pool is None else pool["pool"]
-            )
+            emb = self._embedding(x, hooks)
             unit = emb / emb.norm(dim=-1, keepdim=True).detach()  # identity rule on the norm
             text = self.text.to(emb.device)[target.to(emb.device)]
             score = self.scale * (unit * text).sum(-1)

@@ -39,7 +39,13 @@ from captum_clip.attr import CCI
 from captum_clip.concepts import general_sections, name_regions, shortcut_evidence
 from captum_clip.diagnosis import causal_agreement, diagnose
 from captum_clip.masks import ConceptMasks
-from captum_clip.testbed import BACKGROUND_NAMES, CLASS_NAMES, causal_labels, generate_scenes, shapes
+from captum_clip.testbed import (
+    BACKGROUND_NAMES,
+    CLASS_NAMES,
+    causal_labels,
+    generate_scenes,
+    shapes,
+)
 
 FAST = os.environ.get("CAPTUM_CLIP_TUTORIAL_FAST") == "1"  # CI: smaller sizes
 N = 24 if FAST else 96
@@ -77,6 +83,7 @@ fig = named.plot(x, index=[0, 1, 2])
 # **Is a name right?** The region holding the most object pixels should be named as the
 # true class, the region holding the most background pixels as the true background.
 
+
 # %%
 def naming_accuracy(named, scenes):
     obj_ok = bg_ok = 0
@@ -91,7 +98,11 @@ def naming_accuracy(named, scenes):
     return obj_ok / n, bg_ok / n
 
 
-print("default model, self-named:      object %.2f, background %.2f" % naming_accuracy(named, scenes))
+print(
+    "default model, self-named:        object {:.2f}, background {:.2f}".format(
+        *naming_accuracy(named, scenes)
+    )
+)
 
 # %% [markdown]
 # ## The shortcut, visible in words
@@ -106,8 +117,16 @@ t_sc = sc(x).argmax(1)
 _, reg_sc = CCI(sc, n_clusters=8).attribute(x, target=t_sc, return_clusters=True)
 own = name_regions(x, reg_sc, vocabulary, forward_func=sc)
 ref = name_regions(x, reg_sc, vocabulary, namer=models["default"])
-print("shortcut model, self-named:     object %.2f, background %.2f" % naming_accuracy(own, scenes))
-print("shortcut model, named by default: object %.2f, background %.2f" % naming_accuracy(ref, scenes))
+print(
+    "shortcut model, self-named:       object {:.2f}, background {:.2f}".format(
+        *naming_accuracy(own, scenes)
+    )
+)
+print(
+    "shortcut model, named by default: object {:.2f}, background {:.2f}".format(
+        *naming_accuracy(ref, scenes)
+    )
+)
 
 # %% [markdown]
 # `shortcut_evidence` turns that disagreement into a number per image: the share of the
@@ -120,7 +139,9 @@ i = int(ev.share.argmax())
 print(f"image {i}: predicted {CLASS_NAMES[int(t_sc[i])]!r}; shortcut share {ev.share[i]:.2f}")
 for r, (a, b) in enumerate(zip(ev.own.best[i], ev.reference.best[i])):
     if a is not None:
-        print(f"  region {r}: own name {a!r:22s} reference {b!r:10s} share {float(ev.own.share[i, r]):+.2f}")
+        print(
+            f"  region {r}: own name {a!r:22s} reference {b!r:10s} share {float(ev.own.share[i, r]):+.2f}"
+        )
 
 # %% [markdown]
 # ## Mask-free diagnosis
@@ -139,7 +160,10 @@ rows = []
 for name, masks in [
     ("true masks", scenes_d.masks),
     ("concepts, reference namer", ConceptMasks(models["default"], list(BACKGROUND_NAMES))),
-    ("concepts, self-named", ConceptMasks(models["shortcut"], list(BACKGROUND_NAMES), evidence=False)),
+    (
+        "concepts, self-named",
+        ConceptMasks(models["shortcut"], list(BACKGROUND_NAMES), evidence=False),
+    ),
 ]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fallbacks are counted in the table

@@ -24,7 +24,9 @@ def models():
     out = {}
     for v in ("default", "shortcut"):
         loaded = load_clip("testbed", variant=v)
-        clf = ClipClassifier(loaded.model, loaded.tokenizer, CLASS_NAMES, templates=["a photo of {}"])
+        clf = ClipClassifier(
+            loaded.model, loaded.tokenizer, CLASS_NAMES, templates=["a photo of {}"]
+        )
         out[v] = (loaded, clf)
     scenes = generate_scenes(10, seed=5, rho=0.5)
     return out, scenes, shapes.normalize(scenes.images)
@@ -121,9 +123,7 @@ def test_shortcut_evidence_by_hand(models):
         w = torch.nan_to_num(res.weights[i], nan=0).clamp_min(0)
         p = own.probs[i, : len(w), words.index(CLASS_NAMES[int(pred[i])])]
         ctx = torch.tensor([b not in CLASS_NAMES for b in theirs.best[i][: len(w)]])
-        hard = torch.tensor(
-            [a == CLASS_NAMES[int(pred[i])] for a in own.best[i][: len(w)]]
-        ) & ctx
+        hard = torch.tensor([a == CLASS_NAMES[int(pred[i])] for a in own.best[i][: len(w)]]) & ctx
         total = w.sum().clamp_min(1e-12)
         torch.testing.assert_close(ev.share[i], (w * torch.nan_to_num(p) * ctx).sum() / total)
         torch.testing.assert_close(ev.hard_share[i], (w * hard).sum() / total)

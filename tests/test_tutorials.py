@@ -27,7 +27,7 @@ def _ids(path: Path) -> str:
 
 
 def test_every_source_has_a_notebook():
-    assert len(SOURCES) == 7, [p.name for p in SOURCES]
+    assert len(SOURCES) == 8, [p.name for p in SOURCES]
     assert [p.stem for p in SOURCES] == [p.stem for p in NOTEBOOKS]
 
 

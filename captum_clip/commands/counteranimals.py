@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.masks and args.sam_checkpoint:
         raise ValueError("give one mask source: --masks concepts or --sam-checkpoint FILE")
     if args.sam_checkpoint or args.masks:  # without a mask source nothing is diagnosed
-        _diagnosis.warn_unused(args, 7, cci_boxes=bool(args.sam_checkpoint) and not args.grounding_dino)
+        _diagnosis.warn_unused(
+            args, 7, cci_boxes=bool(args.sam_checkpoint) and not args.grounding_dino
+        )
     _diagnosis.warn_concept_args(args)
     names = CounterAnimals(args.root).class_names
     clf, loaded, spec = _common.classifier(args, names, args.templates)

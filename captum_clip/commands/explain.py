@@ -76,6 +76,22 @@ def add_parser(subparsers) -> None:
         choices=("attention", "pixel"),
         help="CCI mode (default: attention on ViTs, pixel otherwise)",
     )
+    p.add_argument(
+        "--concepts",
+        nargs="?",
+        const="general",
+        metavar="FILE",
+        help="name CCI's regions in words (cci only): FILE lists the words (one per line, '#' "
+        "comments); without FILE the bundled general list of visual concepts; the --labels "
+        "are added. Prints the named-region table and labels the regions in the figure "
+        "(docs/concepts.md)",
+    )
+    p.add_argument(
+        "--namer",
+        metavar="SPEC",
+        help="--concepts: the model that names the regions (a reference CLIP; default: the "
+        "explained model)",
+    )
     _common.add_device_arg(p)
     p.add_argument("--out", default="explain.png", help="figure to write (.png, .pdf, ...)")
     p.set_defaults(func=run)
@@ -97,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
         print("warning: --n-clusters/--mask-mode only apply to --method cci", file=sys.stderr)
     if args.method == "gradcam" and args.estimator != "occlusion":
         print("warning: --estimator only applies to --method cci", file=sys.stderr)
+    if args.concepts is not None and args.method != "cci":
+        raise ValueError("--concepts names CCI's regions; use it with --method cci")
+    if args.namer is not None and args.concepts is None:
+        raise ValueError("--namer names the regions of --concepts; add --concepts [FILE]")
+    if args.concepts not in (None, "general") and not Path(args.concepts).is_file():
+        raise ValueError(f"--concepts vocabulary file not found: {args.concepts!r}")
     templates = [args.template] if args.template else None
     clf, loaded, spec = _common.classifier(args, labels, templates)  # fails first, fast
     import torch
@@ -136,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
                 )
     else:
         attr = vit_gradcam(clf, x, target=target)
+    names = None
+    if args.concepts is not None:
+        names = print_concepts(args, x, res, labels, loaded)
     fig = explain_figure(
         x[0].cpu(),
         attr[0].detach().cpu(),
@@ -147,9 +172,38 @@ def run(args: argparse.Namespace) -> int:
         model_name=spec.text,
         random_weights=loaded.random_weights,
         clusters=clusters,
+        region_names=names,
     )
     _common.save_figure(fig, args.out)
     return 0
+
+
+def print_concepts(args: argparse.Namespace, x, res, labels: list[str], loaded) -> list:
+    """Names CCI's regions (``--concepts`` / ``--namer``), prints the table, returns the
+    best name per region for the figure."""
+    from captum_clip.concepts import name_regions, resolve_vocabulary
+
+    namer, who = loaded, "the explained model"
+    if args.namer:
+        from captum_clip.models.spec import parse_model_spec, resolve_device
+
+        spec = parse_model_spec(args.namer)
+        namer, who = spec.load(resolve_device(args.device)), spec.text
+        if namer.random_weights:
+            print(_common.random_weights_warning(spec.text), file=sys.stderr)
+    vocabulary = resolve_vocabulary(args.concepts, labels)
+    named = name_regions(x, res, vocabulary, namer=namer)
+    print(
+        f"named regions (namer: {who}; {len(named.vocabulary)} words): share = the region's "
+        "CCI weight (value / sum of |values|), cos = cosine of the region and its name"
+    )
+    table = named.table().sort_values("share", ascending=False)
+    for _, row in table.iterrows():
+        print(
+            f"  {row['name']:>20s}  share {row['share']:+.3f}  cos {row['score']:.3f}  "
+            f"area {row['area']:.2f}  (then: {row['names'].split(', ', 1)[-1]})"
+        )
+    return named.best[0]
 
 
 def check_estimator(estimator: str, n_clusters: int) -> None:

@@ -134,7 +134,9 @@ def measure_batch(
         fallback = getattr(masks, "last_fallback", None)
         if isinstance(fallback, Tensor):
             out["concept_fallback"] = fallback.cpu()
-        if getattr(masks, "evidence", False) and callable(getattr(masks, "shortcut_evidence", None)):
+        if getattr(masks, "evidence", False) and callable(
+            getattr(masks, "shortcut_evidence", None)
+        ):
             tgt = out["target"].to(images.device)
             out["shortcut_share"] = masks.shortcut_evidence(forward_func, images, tgt).cpu()
     return out

@@ -61,9 +61,7 @@ def explain_figure(
     overlay(image, attribution, title=f"{method} map", ax=axes[1])
     if clusters is not None:
         what = "CCI regions (name, weight)" if region_names else "CCI regions (weight)"
-        plot_clusters(
-            image, clusters[0], clusters[1], title=what, ax=axes[2], names=region_names
-        )
+        plot_clusters(image, clusters[0], clusters[1], title=what, ax=axes[2], names=region_names)
     signed_colorbar(fig, list(axes[1:]), label="±1: 98th pct |map| / max |region weight|")
     title = f"{model_name}: {method} {target_title(target_name, target_prob, target_kind)}"
     if prediction[0] != target_name:

@@ -396,3 +396,30 @@ def test_open_clip_model_and_text_closeness(tmp_path):
                         "Fine-Er" if cos > 0.5 else "FG-Er"))  # fmt: skip
     expected[wrong.to_numpy() & res["driver"].isna().to_numpy()] = "unknown"
     np.testing.assert_array_equal(res["category"].to_numpy(), expected)
+
+
+def test_concept_masks_instead_of_the_manifest(root, reference, tmp_path, capsys):
+    """``masks=ConceptMasks(...)``: rows diagnosed with the provider's masks (mask area as
+    the provider gives it), stored as ``region_ablation+masks``; a folder holds one source."""
+    import warnings
+
+    from captum_clip.masks import ConceptMasks
+    from captum_clip.testbed import BACKGROUND_NAMES
+
+    model, preprocess, tok = make_testbed_model()
+    provider = ConceptMasks((model, preprocess, tok), list(BACKGROUND_NAMES), evidence=False)
+    out = tmp_path / "concepts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = ev.evaluate(root, [_entry()], out, batch_size=4, masks=provider, plot=False,
+                          show_progress=False).results  # fmt: skip
+        clf, m, x, _, labels = _direct(root, res)
+        masks = provider(x, [CLASSES[i] for i in labels.tolist()])
+    assert set(res["diagnosis"]) == {"region_ablation+masks"}
+    np.testing.assert_allclose(res["mask_area"], masks.flatten(1).float().mean(1).numpy())
+    with pytest.raises(ValueError, match=r"--diagnosis region_ablation --masks concepts"):
+        ev.evaluate(root, [_entry()], out, show_progress=False)
+    argv = ["covar", "eval", str(root), "--models", "testbed", "--out", str(tmp_path / "c2"),
+            "--masks", "concepts", "--no-progress", "--no-plot", "--device", "cpu"]  # fmt: skip
+    assert cli_main(argv) == 2
+    assert "needs --namer" in capsys.readouterr().err

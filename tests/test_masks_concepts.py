@@ -32,27 +32,31 @@ def models():
     return out, scenes, shapes.normalize(scenes.images)
 
 
-def test_mask_is_the_union_of_regions_named_as_the_class(models):
+@pytest.mark.parametrize("all_classes", [False, True])
+def test_mask_is_the_union_of_regions_named_as_the_class(models, all_classes):
     out, scenes, x = models
     loaded, _ = out["default"]
-    provider = ConceptMasks(loaded, CONTEXT, n_clusters=6, empty="keep")
+    classes = list(CLASS_NAMES) if all_classes else None
+    provider = ConceptMasks(loaded, CONTEXT, n_clusters=6, empty="keep", classes=classes)
     assert isinstance(provider, MaskProvider)
     names = [CLASS_NAMES[int(c)] for c in scenes.labels]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         masks = provider(x, names)
-    # by hand: k-means of the namer's last-block patch tokens, then named regions
+    # by hand: k-means of the namer's last-block patch tokens (image by image), then each
+    # image's regions named among the context and its own class (or all classes)
     vision = ClipClassifier(loaded.model, loaded.tokenizer, ["dots"]).vision
     with torch.no_grad():
         feats = vision.patch_features(x, -1)
-    labels, _ = cluster_grid(feats, 6, None, 0)
-    pix = F.interpolate(labels.reshape(-1, 1, 8, 8).float(), size=64, mode="nearest")[:, 0].long()
-    named = name_regions(x, pix, CONTEXT + list(CLASS_NAMES), namer=loaded, top_k=1)
     for i, name in enumerate(names):
+        labels, _ = cluster_grid(feats[i : i + 1], 6, None, 0)
+        pix = F.interpolate(labels.reshape(1, 1, 8, 8).float(), size=64, mode="nearest")[0, 0]
+        words = CONTEXT + (list(CLASS_NAMES) if all_classes else [name])
+        named = name_regions(x[i : i + 1], pix.long(), words, namer=loaded, top_k=1)
         want = torch.zeros(64, 64, dtype=torch.bool)
-        for r, best in enumerate(named.best[i]):
+        for r, best in enumerate(named.best[0]):
             if best == name:
-                want |= pix[i] == r
+                want |= pix == r
         assert torch.equal(masks[i].cpu(), want), i
     assert torch.equal(provider.last_fallback, ~masks.flatten(1).any(1).cpu())
 
@@ -163,3 +167,14 @@ def test_namer_with_other_normalisation_gets_the_images_its_way(models):
     torch.testing.assert_close(y, x[:2])
     namer.mean, namer.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     torch.testing.assert_close(namer.to_namer_space(x[:2]), (unit - 0.5) / 0.5, atol=1e-5, rtol=0)
+
+
+def test_masks_do_not_depend_on_the_batch_split(models):
+    out, scenes, x = models
+    provider = ConceptMasks(out["default"][0], CONTEXT, evidence=False)
+    names = [CLASS_NAMES[int(c)] for c in scenes.labels]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = provider(x, names)
+        parts = torch.cat([provider(x[i : i + 3], names[i : i + 3]) for i in range(0, len(x), 3)])
+    assert torch.equal(whole, parts)

@@ -179,12 +179,12 @@ def add_concept_args(p: argparse.ArgumentParser) -> None:
 
 def concept_masks(args: argparse.Namespace, explained: Any, device: Any) -> Any:
     """The :class:`~captum_clip.masks.ConceptMasks` of the arguments: ``--namer`` loaded on
-    ``device`` (default: the ``explained`` LoadedClip itself)."""
+    ``device`` (default: the ``explained`` LoadedClip itself; None: ``--namer`` needed)."""
     from captum_clip.masks import ConceptMasks
 
     _common.check_positive(args, "concept_clusters")
     namer = explained
-    if args.namer:
+    if args.namer or explained is None:
         from captum_clip.models.spec import parse_model_spec, resolve_device
 
         spec = parse_model_spec(args.namer)
@@ -198,7 +198,7 @@ def warn_concept_args(args: argparse.Namespace) -> None:
     """Warns (stderr) when concept options are set without ``--masks concepts``."""
     set_ = [f"--{n.replace('_', '-')}" for n, d in (("namer", None), ("vocabulary", "general"),
             ("concept_clusters", 8)) if getattr(args, n, d) != d]  # fmt: skip
-    if set_ and getattr(args, "masks", None) != "concepts":
+    if set_ and getattr(args, "masks", None) != "concepts":  # counteranimals: None
         print(f"warning: {'/'.join(set_)} only apply to --masks concepts", file=sys.stderr)
 
 

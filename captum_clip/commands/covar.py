@@ -89,6 +89,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--chunk-batches", type=int, default=4, help="batches per saved chunk")
     _diagnosis.add_diagnosis_arg(p)
+    p.add_argument(
+        "--masks",
+        choices=("manifest", "concepts"),
+        default="manifest",
+        help="object masks: the folder's exact ones, or concept masks from one reference "
+        "--namer for every model (see below)",
+    )
+    _diagnosis.add_concept_args(p)
     p.add_argument("--n-clusters", type=int, default=5, help="CCI clusters K (--diagnosis cci)")
     p.add_argument("--tau", type=float, default=0.5, help="fg_share threshold (--diagnosis cci)")
     p.add_argument(
@@ -158,6 +166,15 @@ def run_eval(args: argparse.Namespace) -> int:
         if parse_model_spec(spec).random_weights:
             print(_common.random_weights_warning(spec), file=sys.stderr)
     _diagnosis.warn_unused(args, 5)
+    _diagnosis.warn_concept_args(args)
+    masks = None
+    if args.masks == "concepts":
+        if not args.namer:
+            raise ValueError(
+                "covar eval --masks concepts needs --namer SPEC: one reference model names the "
+                "regions for every evaluated model"
+            )
+        masks = _diagnosis.concept_masks(args, None, args.device)
     res = evaluate(
         args.root,
         args.models,
@@ -174,6 +191,7 @@ def run_eval(args: argparse.Namespace) -> int:
         plot=not args.no_plot,
         show_progress=not args.no_progress,
         tokenizer=args.tokenizer,
+        masks=masks,
     )
     if _env_int("RANK", 0) == 0:
         from captum_clip.storage import find_table
@@ -185,6 +203,7 @@ def run_eval(args: argparse.Namespace) -> int:
             "\nbg_er_of_all = background-driven errors / all images; *_rate = BG-Er, FG-Er, "
             "Fine-Er as shares of the errors (docs/covar.md). Diagnosis: "
             + _DRIVER[args.diagnosis].format(k=args.n_clusters, tau=args.tau)
+            + (f"; object masks: concept masks named by {args.namer}" if masks else "")
             + "."
         )
         for stem in ("results", "summary"):

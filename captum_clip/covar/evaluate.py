@@ -55,6 +55,8 @@ TESTBED_FINE_GROUPS: tuple[tuple[str, ...], ...] = (
     ("horizontal stripes", "vertical stripes", "diagonal stripes"),
 )
 """Close relatives among the testbed classes (a Fine-Er confuses two of them)."""
+MASKS_TAG = "masks"
+"""Stored ``diagnosis`` of rows whose masks came from a provider (``masks=``): ``"<diagnosis>+masks"``."""
 UNDECIDED_WARNING = r"\d+ image\(s\) have an? (object mask covering no or every patch|empty)"
 """The per-batch warning of ``diagnose`` that :func:`evaluate` sums up once per model."""
 
@@ -68,7 +70,8 @@ RESULT_SCHEMA = TableSchema(
     key=("model", "image_id"),
     ranges={"label": (0, float("inf")), "pred": (0, float("inf")), "fg_share": (0.0, 1.0),
             "iou": (0.0, 1.0), "mask_area": (0.0, 1.0), "similarity": (-1.001, 1.001)},
-    choices={"diagnosis": frozenset(METHODS), "correct": frozenset({True, False}),
+    choices={"diagnosis": frozenset(METHODS) | {f"{m}+{MASKS_TAG}" for m in METHODS},
+             "correct": frozenset({True, False}),
              "driver": frozenset({"foreground", "background"}),
              "category": frozenset({"correct", "BG-Er", "Fine-Er", "FG-Er", "unknown"})},
     not_null=("diagnosis", "class_name", "label", "transform", "pred", "correct", "category"),
@@ -106,10 +109,12 @@ def _check_diagnosis(stored: pd.DataFrame, out_dir: Path, diagnosis: str) -> Non
     """Refuses a folder whose stored rows were diagnosed another way."""
     other = sorted(set(stored["diagnosis"].dropna().astype(str)) - {diagnosis})
     if other:
+        base, _, provider = other[0].partition("+")
+        how = f"--diagnosis {base}" + (" --masks concepts" if provider else "")
         raise ValueError(
             f"{str(out_dir)!r} holds results diagnosed with {other[0]!r}, not with "
-            f"{diagnosis!r} as asked; resume it with diagnosis {other[0]!r} (--diagnosis "
-            f"{other[0]}), or use another --out folder"
+            f"{diagnosis!r} as asked; resume it with diagnosis {other[0]!r} ({how}), or use "
+            "another --out folder"
         )
 
 
@@ -170,7 +175,7 @@ def _evaluate_model(
     entry: ModelEntry, root: Path, table: ResumableTable, batches: list[pd.DataFrame],
     ctx: DistContext, class_names: list[str], opts: dict,
 ) -> int:  # fmt: skip
-    done = _done_ids(table, entry, opts["diagnosis"])
+    done = _done_ids(table, entry, opts["stored"])
     ctx.barrier()  # every rank has read what is done before anyone writes
     mine = [b for b in shard(len(batches), ctx.rank, ctx.world_size)
             if not batches[b]["image_id"].isin(done).all()]  # fmt: skip
@@ -227,12 +232,13 @@ def _run_batches(entry, root, table, batches, mine, ctx, class_names, opts) -> i
         labels = torch.tensor(rows["class_index"].to_numpy(dtype=np.int64))
         with warnings.catch_warnings():  # counted over all batches and warned once below
             warnings.filterwarnings("ignore", message=UNDECIDED_WARNING)
-            d = diagnose(clf, x.to(ctx.device), m.to(ctx.device), labels,
+            d = diagnose(clf, x.to(ctx.device),
+                         m.to(ctx.device) if opts["masks"] is None else opts["masks"], labels,
                          class_names=class_names, method=method, tau=opts["tau"],
                          fine_groups=fine_groups,
                          fine_threshold=opts["fine_threshold"])  # fmt: skip
         undecided += int(d.table["driver"].isna().sum())
-        pending.append(_rows(entry.key, entry.identity(), opts["diagnosis"], rows, d.table))
+        pending.append(_rows(entry.key, entry.identity(), opts["stored"], rows, d.table))
         computed += len(rows)
         bar.update(len(rows))
         if len(pending) >= opts["chunk_batches"] or i == len(mine) - 1:
@@ -272,6 +278,7 @@ def evaluate(
     plot: bool = True,
     show_progress: bool = True,
     tokenizer: Any = None,
+    masks: Any = None,
 ) -> EvalResult:
     """Evaluates models on a COVAR folder (resumable; sharded under ``torchrun``).
 
@@ -298,6 +305,10 @@ def evaluate(
             ``"cci"`` (the paper's: ``fg_share >= tau`` of CCI's map, K + 1 masked rows per
             image). Stored with every row; an output folder holds one diagnosis, and
             resuming it with another is a ``ValueError``.
+        masks: A :class:`~captum_clip.masks.MaskProvider` (e.g.
+            :class:`~captum_clip.masks.ConceptMasks`) called with each batch and its true
+            class names, instead of the folder's exact masks; the rows are stored with
+            diagnosis ``"<diagnosis>+masks"`` (a folder holds one mask source too).
         attribution: With ``diagnosis="cci"``, an attribution method instead of CCI: an
             object with ``.attribute(x, target=t)``, a callable ``(x, target)``, or a class
             called with the classifier (its rows are stored as ``"cci"`` too).
@@ -349,7 +360,13 @@ def evaluate(
         raise ValueError(f"model keys must be unique, got {keys}")
     batches = [manifest.iloc[s : s + batch_size] for s in range(0, len(manifest), batch_size)]
     ctx = init_from_env(device)
-    opts = dict(templates=templates, diagnosis=diagnosis, n_clusters=n_clusters,
+    if masks is not None and not callable(masks):
+        raise TypeError(
+            f"masks must be a MaskProvider (callable) or None, got {type(masks).__name__}"
+        )
+    stored = diagnosis if masks is None else f"{diagnosis}+{MASKS_TAG}"
+    opts = dict(templates=templates, diagnosis=diagnosis, n_clusters=n_clusters, masks=masks,
+                stored=stored,
                 attribution=attribution, tau=tau, fine_groups=fine_groups,
                 fine_threshold=fine_threshold, chunk_batches=chunk_batches,
                 show_progress=show_progress)  # fmt: skip

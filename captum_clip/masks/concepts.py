@@ -1,9 +1,10 @@
 """Object masks without a segmenter: the regions a namer names as the class.
 
 :class:`ConceptMasks` clusters the namer's own patch features with k-means (CCI's
-clustering, :func:`captum_clip.attr._kmeans.cluster_grid`), names every region with the
-vocabulary plus the class names (:mod:`captum_clip.concepts`), and returns the union of
-the regions whose best name is the requested class as the object mask. With a reference
+clustering, :func:`captum_clip.attr.cluster_grid`; each image on its own), names every
+region with the vocabulary plus the image's class name (or all ``classes``;
+:mod:`captum_clip.concepts`), and returns the union of the regions whose best name is the
+requested class as the object mask. Masks do not depend on the batch split. With a reference
 namer (another CLIP) the mask does not depend on the explained model at all, as with
 GroundedSAM.
 
@@ -30,6 +31,7 @@ from captum_clip.concepts import (
     EVIDENCE_K,
     GENERAL,
     as_namer,
+    check_vocabulary,
     name_with,
     resolve_vocabulary,
     shortcut_evidence,
@@ -57,6 +59,10 @@ class ConceptMasks:
         n_clusters: K of the namer's k-means regions.
         layer: Block (stage) of the namer whose patch features are clustered.
         embedding, templates, ring: How regions and words are embedded (:class:`Namer`).
+        classes: All class names: every region is named among the vocabulary and all of
+            them (a region that reads as another class is not the object). Default: each
+            image among the vocabulary and its own class only -- "is this region the class
+            or context?", as a text-prompted segmenter asks.
         empty: ``"closest"`` or ``"keep"`` (module docstring).
         evidence: Also compute :meth:`shortcut_evidence` in the diagnosis (CCI on the
             explained model, named by it and by this namer: the table's ``shortcut_share``).
@@ -75,6 +81,7 @@ class ConceptMasks:
         embedding: str = "context",
         templates: Sequence[str] | None = None,
         ring: int = 1,
+        classes: Sequence[str] | None = None,
         empty: str = "closest",
         evidence: bool = True,
         input_mean: Sequence[float] | None = OPENAI_DATASET_MEAN,
@@ -83,6 +90,7 @@ class ConceptMasks:
     ) -> None:
         self.namer = as_namer(namer, embedding=embedding, templates=templates, ring=ring)
         self.vocabulary = resolve_vocabulary(vocabulary)
+        self.classes = None if classes is None else check_vocabulary(classes, "classes")
         if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 2:
             raise ValueError(f"n_clusters must be an int >= 2, got {n_clusters!r}")
         if empty not in EMPTY_POLICIES:
@@ -107,11 +115,13 @@ class ConceptMasks:
     @torch.no_grad()
     def regions(self, images: Tensor) -> Tensor:
         """``(B, H, W)`` k-means region labels of the namer's patch features, at the
-        images' resolution."""
+        images' resolution (each image clustered on its own: batch-split invariant)."""
         x = self.namer.to_namer_space(images, self.input_mean, self.input_std)
         feats = self.grid.patch_features(x, self.layer)
         k = min(self.n_clusters, feats.shape[1] * feats.shape[2])
-        labels, _ = cluster_grid(feats, k, None, self.random_state)
+        # one image at a time: k-means' seeding draws per batch row, so a batched call would
+        # make an image's regions depend on its position in the batch
+        labels = torch.cat([cluster_grid(f[None], k, None, self.random_state)[0] for f in feats])
         grid = labels.reshape(-1, 1, *feats.shape[1:3]).float()
         return F.interpolate(grid, size=images.shape[-2:], mode="nearest")[:, 0].long()
 
@@ -119,7 +129,8 @@ class ConceptMasks:
         """``(B, H, W)`` bool object masks of ``class_names`` (one per image)."""
         images = _check_images(images)
         names = _check_names(class_names, images.shape[0], required=True)
-        words = self.namer.encodable(resolve_vocabulary(self.vocabulary, sorted(set(names))))
+        extra = sorted(set(names) | set(self.classes or ()))
+        words = self.namer.encodable(resolve_vocabulary(self.vocabulary, extra))
         lost = sorted({c for c in names if c not in words})
         if lost:
             raise ValueError(
@@ -132,11 +143,16 @@ class ConceptMasks:
         )
         b = images.shape[0]
         idx = torch.tensor([words.index(c) for c in names])
-        best = torch.nan_to_num(named.scores, nan=-torch.inf).argmax(-1)  # (B, R)
+        s = torch.nan_to_num(named.scores, nan=-torch.inf)
+        if self.classes is None:  # each image: the context words and its own class only
+            others = torch.tensor([w in set(names) for w in words])[None, :] & (
+                torch.arange(len(words))[None, :] != idx[:, None]
+            )
+            s = s.masked_fill(others[:, None, :], -torch.inf)
+        best = s.argmax(-1)  # (B, R)
         is_obj = best == idx[:, None]
         fallback = ~is_obj.any(1)
         if fallback.any() and self.empty == "closest":
-            s = torch.nan_to_num(named.scores, nan=-torch.inf)
             gap = s.gather(2, idx.view(b, 1, 1).expand(b, s.shape[1], 1))[..., 0] - s.max(-1).values
             pick = gap.argmax(1)
             is_obj[fallback, pick[fallback]] = True

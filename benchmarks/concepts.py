@@ -17,6 +17,7 @@ Two measurements (``docs/concepts.md``), written to ``benchmarks/results/concept
 
     python benchmarks/concepts.py                      # 96 naming / 200 diagnosis scenes x 3 seeds
     python benchmarks/concepts.py --n 24 --n-diag 48 --seeds 1   # quick look
+    python benchmarks/concepts.py --parts diagnosis   # rerun one part, the other from its CSV
 """
 
 from __future__ import annotations
@@ -214,17 +215,26 @@ def main(argv=None) -> int:
     p.add_argument("--ks", type=int, nargs="+", default=[6, 8])
     p.add_argument("--embeddings", nargs="+", default=["context", "isolated", "dense"])
     p.add_argument("--diag-k", type=int, default=8)
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("naming", "diagnosis"),
+        default=["naming", "diagnosis"],
+        help="what to run; the other part is read from its CSV in benchmarks/results",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
     models = _models()
     seeds = SEEDS[: args.seeds]
-    nam = pd.DataFrame(
-        [r for s in seeds for r in naming(models, s, args.n, args.ks, args.embeddings)]
-    )
-    diag = pd.DataFrame([diagnosis(models, s, args.n_diag, args.diag_k) for s in seeds])
     RESULTS.mkdir(exist_ok=True)
-    nam.to_csv(RESULTS / "concepts_naming.csv", index=False)
-    diag.to_csv(RESULTS / "concepts_diagnosis.csv", index=False)
+    if "naming" in args.parts:
+        rows = [r for s in seeds for r in naming(models, s, args.n, args.ks, args.embeddings)]
+        pd.DataFrame(rows).to_csv(RESULTS / "concepts_naming.csv", index=False)
+    if "diagnosis" in args.parts:
+        rows = [diagnosis(models, s, args.n_diag, args.diag_k) for s in seeds]
+        pd.DataFrame(rows).to_csv(RESULTS / "concepts_diagnosis.csv", index=False)
+    nam = pd.read_csv(RESULTS / "concepts_naming.csv")
+    diag = pd.read_csv(RESULTS / "concepts_diagnosis.csv")
     text = report(
         nam,
         diag,

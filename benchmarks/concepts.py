@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from cci_regions import _mean_sd as _ms  # the same mean ± sd cells
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = (1101, 1202, 1303)
@@ -146,11 +147,6 @@ def diagnosis(models, seed: int, n: int, k: int) -> dict:
             row["evidence_hard"] = roc_auc_score(bg, ev.hard_share.numpy()[keep])
     print(row, flush=True)
     return row
-
-
-def _ms(v: pd.Series) -> str:
-    v = v.dropna()
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
 def report(nam: pd.DataFrame, diag: pd.DataFrame, command: str) -> str:

@@ -48,7 +48,8 @@ from captum_clip.testbed import (
 )
 
 FAST = os.environ.get("CAPTUM_CLIP_TUTORIAL_FAST") == "1"  # CI: smaller sizes
-N = 24 if FAST else 96
+N = 12 if FAST else 96  # scenes to name
+N_DIAG = 24 if FAST else 200  # scenes to diagnose
 torch.manual_seed(0)
 
 models = {v: load_clip("testbed", variant=v) for v in ("default", "shortcut")}
@@ -153,7 +154,7 @@ for r, (a, b) in enumerate(zip(ev.own.best[i], ev.reference.best[i])):
 # `ConceptMasks` provider the table also gets `shortcut_share`.
 
 # %%
-scenes_d = generate_scenes(N, seed=7, rho=0.5)
+scenes_d = generate_scenes(N_DIAG, seed=7, rho=0.5)
 xd = shapes.normalize(scenes_d.images)
 truth = causal_labels(sc, scenes_d)
 rows = []

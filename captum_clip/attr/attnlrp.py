@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from captum_clip._hooks import HookManager
 from captum_clip._validate import check_images, check_target
 from captum_clip.attr._base import refuse_without_attention, split_batches
+from captum_clip.attr._captum import CaptumConformance
 from captum_clip.attr.legrad import text_head
 from captum_clip.models.adapter import resolve_tower
 from captum_clip.models.blocks import trace_blocks
@@ -136,7 +137,7 @@ def lrp_module_rules(root: nn.Module, hooks: HookManager) -> None:
             )
 
 
-class AttnLRP(GradientAttribution):
+class AttnLRP(CaptumConformance, GradientAttribution):
     """AttnLRP relevance at the input pixels of a CLIP ViT (any family the adapters know).
 
     The explained score is the target logit ``scale * cos(image, text_c) (+ bias)`` of a

@@ -197,10 +197,8 @@ def get_method(name: str) -> Method:
     if name in METHODS:
         return METHODS[name]
     close = difflib.get_close_matches(str(name), METHOD_NAMES, n=3)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise ValueError(
-        f"unknown method {name!r}{hint} Registered methods: {', '.join(METHOD_NAMES)}"
-    )
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    raise ValueError(f"unknown method {name!r}{hint}; registered: {', '.join(METHOD_NAMES)}")
 
 
 def _tower_name(vision: Any) -> str:

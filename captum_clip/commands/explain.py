@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in CCI_OPTIONS if getattr(args, k) is not None}
     if options and args.method != "cci":
         given = ", ".join("--" + k.replace("_", "-") for k in options)
-        print(f"warning: {given} only apply to --method cci", file=sys.stderr)
+        verb = "applies" if len(options) == 1 else "apply"
+        print(f"warning: {given} only {verb} to --method cci", file=sys.stderr)
         options = {}
     check_estimator(options.get("estimator"), options.get("n_clusters"))
     templates = [args.template] if args.template else None

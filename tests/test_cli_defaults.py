@@ -64,8 +64,14 @@ PYTHON_DEFAULTS = {
     (("demo",), "n_clusters"): _param(CCI.default_for, "n_clusters"),
     **{
         (("covar", "eval"), opt): _param(covar_evaluate, opt)
-        for opt in ("batch_size", "chunk_batches", "n_clusters", "tau", "fine_threshold",
-                    "diagnosis")
+        for opt in (
+            "batch_size",
+            "chunk_batches",
+            "n_clusters",
+            "tau",
+            "fine_threshold",
+            "diagnosis",
+        )
     },  # fmt: skip
     **{
         (("counteranimals",), opt): _param(counteranimals.evaluate, opt)
@@ -80,15 +86,25 @@ PYTHON_DEFAULTS = {
     **{
         (("faithfulness", mode), opt): _field(MethodSettings, field)
         for mode in ("testbed", "folder")
-        for opt, field in (("cci_k", "cci_k"), ("cci_multi_k", "cci_multi_k"),
-                           ("ig_steps", "ig_steps"), ("superpixels", "superpixels"),
-                           ("shap_samples", "shap_samples"), ("batch_size", "batch_size"))
+        for opt, field in (
+            ("cci_k", "cci_k"),
+            ("cci_multi_k", "cci_multi_k"),
+            ("ig_steps", "ig_steps"),
+            ("superpixels", "superpixels"),
+            ("shap_samples", "shap_samples"),
+            ("batch_size", "batch_size"),
+        )
     },  # fmt: skip
     **{
         (("faithfulness", mode), opt): _field(MetricSettings, opt)
         for mode in ("testbed", "folder")
-        for opt in ("n_steps", "deletion_baseline", "insertion_baseline", "road_percentages",
-                    "pointing_tolerance")
+        for opt in (
+            "n_steps",
+            "deletion_baseline",
+            "insertion_baseline",
+            "road_percentages",
+            "pointing_tolerance",
+        )
     },  # fmt: skip
 }
 
@@ -138,7 +154,9 @@ def test_explain_without_options_runs_cci_clf(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = [ln.split() for ln in out.splitlines() if ln.strip().startswith("region ")]
     values = sorted(float(w[w.index("value") + 1]) for w in lines)
-    clf, loaded, _ = _common.classifier(build_parser().parse_args(argv), ["dots", "checks", "solid"])
+    clf, loaded, _ = _common.classifier(
+        build_parser().parse_args(argv), ["dots", "checks", "solid"]
+    )
     x = loaded.preprocess(read_image(img))[None]
     with torch.no_grad():
         target = int(clf(x).argmax(1))

@@ -127,3 +127,28 @@ def test_unknown_method_names_the_registered_ones(scene, capsys):
     assert "invalid choice: 'lrp'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"unknown method 'lrp' \(did you mean 'attnlrp'"):
         build("lrp", None)
+
+
+def test_the_faithfulness_benchmark_reads_the_registry(conv_clf):
+    """Every registered method is a benchmark row under its label, built with its Python
+    defaults; ``faithfulness --methods`` and ``build_method`` take the registered name."""
+    from captum_clip.attr import AttnLRP
+    from captum_clip.benchmark.methods import ALIASES
+    from captum_clip.benchmark.methods import METHODS as ROWS
+    from captum_clip.benchmark.methods import build_method
+    from captum_clip.commands import faithfulness as cmd
+    from captum_clip.models import load_clip
+
+    assert ALIASES == {n: m.label for n, m in METHODS.items()}
+    assert set(ALIASES.values()) <= set(ROWS) and cmd.METHOD_NAMES == tuple(ROWS)
+    args = build_parser().parse_args(["faithfulness", "testbed", "--methods", "attnlrp-cp", "CCI"])
+    assert args.methods == ["attnlrp-cp", "CCI"]
+    model, _, tok = load_clip("testbed")
+    clf = ClipClassifier(model, tok, LABELS.split(","), templates=("a photo of {}",))
+    x = shapes.normalize(shapes.generate_scenes(2, seed=0, size=64).images)
+    t = torch.tensor([0, 1])
+    got = build_method("attnlrp-cp", clf)(x, t)
+    assert torch.equal(got, build_method("AttnLRP cp", clf)(x, t))
+    torch.testing.assert_close(got, AttnLRP(clf, attention="cp").attribute(x, target=t))
+    with pytest.raises(ValueError, match="ViT"):
+        build_method("legrad", conv_clf)  # the harness records it as skipped

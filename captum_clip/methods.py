@@ -33,6 +33,7 @@ __all__ = [
     "Method",
     "build",
     "get_method",
+    "markdown_table",
     "pixel_map",
     "refusal",
     "runs_on",
@@ -55,7 +56,10 @@ class Method:
         title: Its name over a figure.
         summary: One line: what it computes.
         towers: One of :data:`TOWERS`.
-        cost: Passes per image at the defaults (forwards, backwards).
+        cost: Passes per image at the defaults (forwards, backwards), in words.
+        forwards: Image forward passes per image at the defaults (on a tower with at
+            least 32 patches; ``tests/test_conformance.py`` counts them).
+        gradients: The method backpropagates (its forwards record a graph).
         stochastic: The answer depends on a random seed (``random_state``).
         output: One of :data:`OUTPUTS`.
         make: ``(clf, **options) -> attribution object`` (imports the method lazily).
@@ -69,6 +73,8 @@ class Method:
     summary: str
     towers: str
     cost: str
+    forwards: int
+    gradients: bool
     stochastic: bool
     output: str
     make: Callable[..., Any] = field(repr=False)
@@ -123,62 +129,63 @@ _ENTRIES = (
         "cci", "CCI default", "CCI",
         "CCI(clf): k-means regions of the tower's patch features, each region's value "
         "the logit with only it visible minus the logit with nothing visible (sufficiency)",
-        "any", "K+2 masked forwards (K=32), no backward", True, "pixels", _cci,
+        "any", "K+2 masked forwards (K=32), no backward", 34, False, True, "pixels", _cci,
         ("n_clusters", "estimator", "mask_mode"), "Agarwal et al., arXiv 2511.12978",
     ),
     Method(
         "attnlrp", "AttnLRP", "AttnLRP",
         "layer-wise relevance propagation with the AttnLRP rules through attention",
-        "vit", "1 forward + 1 backward", False, "pixels", _attnlrp("attnlrp"),
+        "vit", "1 forward + 1 backward", 1, True, False, "pixels", _attnlrp("attnlrp"),
         reference="Achtibat et al., ICML 2024",
     ),
     Method(
         "attnlrp-cp", "AttnLRP cp", "AttnLRP (CP)",
         "LRP with the attention weights held constant (CP-LRP)",
-        "vit", "1 forward + 1 backward", False, "pixels", _attnlrp("cp"),
+        "vit", "1 forward + 1 backward", 1, True, False, "pixels", _attnlrp("cp"),
         reference="Ali et al., ICML 2022",
     ),
     Method(
         "legrad", "LeGrad", "LeGrad",
         "gradient of each layer's own score wrt its attention map, summed over layers",
-        "vit", "1 forward + 1 backward per layer from start_layer (the last 2)", False,
+        "vit", "1 forward + 1 backward per layer from start_layer (the last 2)", 1, True, False,
         "pixels", _attr_class("LeGrad"), reference="Bousselham et al., 2024",
     ),
     Method(
         "rollout", "GradientRollout", "gradient rollout",
         "gradient-weighted attention rollout",
-        "vit", "1 forward + 1 backward", False, "pixels", _attr_class("GradientRollout"),
+        "vit", "1 forward + 1 backward", 1, True, False, "pixels", _attr_class("GradientRollout"),
         reference="Chefer et al., ICCV 2021",
     ),
     Method(
         "grad-eclip", "GradECLIP", "Grad-ECLIP",
         "gradient-weighted values of the last attention layer",
-        "vit", "1 forward + 1 backward", False, "pixels", _attr_class("GradECLIP"),
+        "vit", "1 forward + 1 backward", 1, True, False, "pixels", _attr_class("GradECLIP"),
         reference="Zhao et al., ICML 2024",
     ),
     Method(
         "maskclip", "MaskCLIP", "MaskCLIP",
         "patch-text cosine through the last block's value path",
-        "vit", "1 forward, no backward", False, "pixels", _attr_class("MaskCLIP"),
+        "vit", "1 forward, no backward", 1, False, False, "pixels", _attr_class("MaskCLIP"),
         reference="Zhou et al., ECCV 2022",
     ),
     Method(
         "gradcam", "vit_gradcam", "GradCAM",
         "GradCAM on a ViT block's patch tokens or a convolutional stage",
-        "any", "1 forward + 1 backward", False, "pixels", _attr_class("ViTGradCam"),
+        "any", "1 forward + 1 backward", 1, True, False, "pixels", _attr_class("ViTGradCam"),
         reference="Selvaraju et al., ICCV 2017",
     ),
     Method(
         "integrated-gradients", "IntegratedGradients", "integrated gradients",
         "Captum's IntegratedGradients at the pixels (zero = mean-colour baseline)",
-        "any", "50 forwards + 50 backwards (n_steps)", False, "pixels",
+        "any", "50 forwards + 50 backwards (n_steps)", 50, True, False, "pixels",
         _integrated_gradients, reference="Sundararajan et al., ICML 2017",
     ),
     Method(
         "interactions", "IntegratedInteractions", "integrated interactions",
         "second-order caption-token x image-patch interactions of the class prompt; the "
         "map is each patch's interactions summed over the prompt's tokens",
-        "any", "2 x 20 integration steps of forward-mode passes (one per tower)", False,
+        "any", "2 forwards, then 20 forward-mode integration steps through the last block of "
+        "each tower (n_steps)", 2, False, False,
         "interactions", _interactions, reference="Moeller et al., arXiv 2408.14153",
     ),
 )  # fmt: skip
@@ -264,3 +271,20 @@ def pixel_map(name: str, method: Any, clf: Any, images: Any, target: Any) -> Any
     size = tuple(images.shape[-2:])
     maps = torch.stack([res.image_map(pair=i, size=size) for i in range(images.shape[0])])
     return maps[:, None].expand(-1, images.shape[1], -1, -1).to(images.dtype).contiguous()
+
+
+def markdown_table() -> str:
+    """The registry as the Markdown table of ``docs/methods.md`` (a test compares them)."""
+    towers = {"vit": "ViT (reads attention)", "any": "any"}
+    lines = [
+        "| name | label in tables | what it computes | towers | cost per image | seed | output |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in _ENTRIES:
+        out = "`(B, 3, H, W)`" if m.output == "pixels" else "`(B, S, 1+P)`"
+        seed = "yes" if m.stochastic else "no"
+        lines.append(
+            f"| `{m.name}` | {m.label} | {m.summary} ({m.reference}) | {towers[m.towers]} "
+            f"| {m.cost} | {seed} | {out} |"
+        )
+    return "\n".join(lines)

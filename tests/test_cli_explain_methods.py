@@ -152,3 +152,14 @@ def test_the_faithfulness_benchmark_reads_the_registry(conv_clf):
     torch.testing.assert_close(got, AttnLRP(clf, attention="cp").attribute(x, target=t))
     with pytest.raises(ValueError, match="ViT"):
         build_method("legrad", conv_clf)  # the harness records it as skipped
+
+
+def test_docs_table_is_the_registry():
+    from pathlib import Path
+
+    from captum_clip.methods import markdown_table
+
+    text = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    begin = "<!-- methods: generated from captum_clip.methods, do not edit -->\n"
+    inside = text.split(begin)[1].split("\n<!-- /methods -->")[0]
+    assert inside == markdown_table()

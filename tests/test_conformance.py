@@ -246,3 +246,19 @@ def test_a_new_subclass_is_conformant_without_writing_anything():
     (out,) = d.attribute((x,))
     assert torch.equal(out, 2 * x)
     assert torch.equal(NoiseTunnel(d).attribute(x, nt_samples=2, stdevs=0.0), 2 * x)
+
+
+def test_declared_cost_is_the_counted_cost(setup):
+    """The registry's forwards per image (and whether they record a graph) are what a
+    counter on the patch embedding sees (the testbed's 64 patches: CCI's K is 32)."""
+    from captum_clip.benchmark.methods import ForwardCounter
+    from captum_clip.methods import pixel_map
+
+    clf, x = setup
+    for name in METHOD_NAMES:
+        method = build(name, clf)
+        with ForwardCounter(clf) as count:
+            pixel_map(name, method, clf, x, TARGETS)
+        entry = METHODS[name]
+        assert count.images == entry.forwards * len(x), name
+        assert (count.autograd > 0) == entry.gradients, name

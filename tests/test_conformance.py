@@ -262,3 +262,11 @@ def test_declared_cost_is_the_counted_cost(setup):
         entry = METHODS[name]
         assert count.images == entry.forwards * len(x), name
         assert (count.autograd > 0) == entry.gradients, name
+
+
+def test_inputs_by_name_and_missing_inputs(setup):
+    clf, x = setup
+    method = build("attnlrp", clf)
+    assert torch.equal(method.attribute(inputs=(x,), target=0)[0], method.attribute(x, target=0))
+    with pytest.raises(TypeError, match="inputs"):
+        method.attribute(target=0)

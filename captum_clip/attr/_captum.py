@@ -18,6 +18,7 @@ accepted and the attributions come back in the same form (``(attributions,)``, o
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -50,8 +51,16 @@ def conformant(attribute: Callable) -> Callable:
     Captum's ``log_usage`` (whose ``__wrapped__`` is the tuple-aware function, as
     ``NoiseTunnel`` calls it)."""
 
+    first = list(inspect.signature(attribute).parameters)[1]  # the inputs, after self
+
     @functools.wraps(attribute)
-    def accept_tuples(self: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+    def accept_tuples(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            inputs, args = args[0], args[1:]
+        elif first in kwargs:  # given by name (``images=`` / ``inputs=``)
+            inputs = kwargs.pop(first)
+        else:  # missing: the method's own TypeError
+            return attribute(self, *args, **kwargs)
         images, was_tuple = _untuple(self, inputs)
         out = attribute(self, images, *args, **kwargs)
         if not was_tuple:

@@ -338,6 +338,13 @@ def _cross_game(index: str) -> Callable[[Any, MethodSettings], AttributeFn]:
     return build
 
 
+def _edge_map(x: Tensor, t: Tensor) -> Tensor:
+    """The negative control: the image's Sobel edges, whatever the model and the target."""
+    from captum_clip.metrics.trust import edge_map
+
+    return edge_map(x, t)
+
+
 def _registry_labels() -> dict[str, str]:
     from captum_clip.methods import METHODS as REGISTRY
 
@@ -365,6 +372,7 @@ METHODS: dict[str, Callable[[Any, MethodSettings], AttributeFn]] = {
     "pgc GradCAM": _pgc_gradcam,
     "Cross-game banzhaf": _cross_game("banzhaf"),
     "Cross-game FIxLIP": _cross_game("weighted_banzhaf"),
+    "edge-map control": lambda clf, s: _edge_map,
 }
 #: registry name -> its label above (``faithfulness --methods`` takes either).
 ALIASES: dict[str, str] = _registry_labels()

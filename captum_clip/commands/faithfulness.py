@@ -18,7 +18,7 @@ CCI_VARIANTS = (
 )  # fmt: skip
 PEERS = (
     "Saliency", "InputXGradient", "Occlusion", "FeatureAblation", "KernelShap", "Lime",
-    "pgc GradCAM", "Cross-game banzhaf", "Cross-game FIxLIP",
+    "pgc GradCAM", "Cross-game banzhaf", "Cross-game FIxLIP", "edge-map control",
 )  # fmt: skip
 #: The benchmark's rows (``captum_clip.benchmark.METHODS``, a test checks): the paper's CCI
 #: and its variants, every registered method (``captum_clip.methods``) under its label, and

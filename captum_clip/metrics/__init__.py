@@ -1,4 +1,5 @@
-"""Faithfulness and localisation metrics as Captum-style functions (one value per example)."""
+"""Faithfulness, localisation and trust metrics as Captum-style functions (one value per
+example)."""
 
 from captum_clip.metrics._common import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, make_baseline
 from captum_clip.metrics.faithfulness import (
@@ -15,6 +16,15 @@ from captum_clip.metrics.localisation import mask_iou, mask_share, pointing_game
 from captum_clip.metrics.plot import plot_curves
 from captum_clip.metrics.retrieval import recall_at_k, retrieval_auc, retrieval_curve
 from captum_clip.metrics.road import RoadResult, noisy_linear_impute, road
+from captum_clip.metrics.trust import (
+    complexity,
+    edge_map,
+    model_randomisation,
+    random_logit,
+    rank_correlation,
+    seed_stability,
+    sparseness,
+)
 
 __all__ = [
     "GRAD_ECLIP",
@@ -23,19 +33,26 @@ __all__ = [
     "RISE",
     "Protocol",
     "RoadResult",
+    "complexity",
     "curve_auc",
     "deletion_auc",
     "deletion_curve",
+    "edge_map",
     "insertion_auc",
     "insertion_curve",
     "make_baseline",
     "mask_iou",
     "mask_share",
+    "model_randomisation",
     "noisy_linear_impute",
     "plot_curves",
     "pointing_game",
+    "random_logit",
+    "rank_correlation",
     "recall_at_k",
     "retrieval_auc",
     "retrieval_curve",
     "road",
+    "seed_stability",
+    "sparseness",
 ]

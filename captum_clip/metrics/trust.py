@@ -34,6 +34,7 @@ from captum_clip._validate import check_target
 
 __all__ = [
     "complexity",
+    "edge_map",
     "model_randomisation",
     "random_logit",
     "rank_correlation",
@@ -86,7 +87,9 @@ def rank_correlation(a: Any, b: Any, use_abs: bool = False) -> Tensor:
 
     x, y = _flat(a, "a"), _flat(b, "b")
     if x.shape != y.shape:
-        raise ValueError(f"a and b must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"a and b must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if use_abs:
         x, y = x.abs(), y.abs()
     rx = torch.from_numpy(rankdata(x.numpy(), axis=1))
@@ -149,6 +152,24 @@ def random_logit(
     a_off = explain(inputs, off)
     x, y = _normalise(_flat(a), use_abs), _normalise(_flat(a_off), use_abs)
     return _similarity(similarity, x, y)
+
+
+def edge_map(inputs: Tensor, target: Any = None) -> Tensor:
+    """A map that ignores the model: the Sobel gradient magnitude of the grey image,
+    ``(B, 3, H, W)`` like the inputs (``target`` unused). The negative control of
+    :func:`model_randomisation`: it must stay correlated with itself whatever the weights
+    (Adebayo et al.: an edge detector passes visual checks)."""
+    import torch.nn.functional as F
+
+    if not isinstance(inputs, Tensor) or inputs.ndim != 4:
+        got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be a (B, C, H, W) tensor, got {got}")
+    grey = inputs.detach().float().mean(1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=grey.device)
+    k = torch.stack([kx, kx.T])[:, None]
+    g = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), k)
+    mag = g.pow(2).sum(1, keepdim=True).sqrt()
+    return mag.expand_as(inputs).to(inputs.dtype).contiguous()
 
 
 def _block_layers(model: nn.Module, layers: Sequence[nn.Module] | None) -> list[nn.Module]:
@@ -227,6 +248,8 @@ def seed_stability(
         raise ValueError(f"seed_stability needs at least 2 seeds, got {list(seeds)}")
     maps = [build(s)(inputs, target) for s in seeds]
     pairs = [
-        rank_correlation(maps[i], maps[j]) for i in range(len(maps)) for j in range(i + 1, len(maps))
+        rank_correlation(maps[i], maps[j])
+        for i in range(len(maps))
+        for j in range(i + 1, len(maps))
     ]
     return torch.stack(pairs).mean(0)

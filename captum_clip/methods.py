@@ -248,16 +248,16 @@ def build(name: str, clf: Any, **options: Any) -> Any:
     return method.make(clf, **options)
 
 
-def pixel_map(name: str, method: Any, clf: Any, images: Any, target: Any) -> Any:
+def pixel_map(name: str, method: Any, clf: Any, images: Any, target: Any, **kwargs: Any) -> Any:
     """Attributions ``(B, 3, H, W)`` of a built method, for any output kind.
 
-    ``"pixels"`` methods: ``method.attribute(images, target=target)``. ``"interactions"``:
-    the interactions of each image with its target's prompt (``clf.templates[0]``), each
-    patch's row summed over the prompt's tokens, upsampled bilinearly and repeated over
-    the channels.
+    ``"pixels"`` methods: ``method.attribute(images, target=target, **kwargs)``.
+    ``"interactions"``: the interactions of each image with its target's prompt
+    (``clf.templates[0]``; ``kwargs`` go to ``explain``), each patch's row summed over the
+    prompt's tokens, upsampled bilinearly and repeated over the channels.
     """
     if get_method(name).output == "pixels":
-        return method.attribute(images, target=target)
+        return method.attribute(images, target=target, **kwargs)
     import torch
 
     from captum_clip._validate import check_target
@@ -267,7 +267,7 @@ def pixel_map(name: str, method: Any, clf: Any, images: Any, target: Any) -> Any
         raise ValueError(f"{name} maps need a ClipClassifier (class prompts), got {type(clf)}")
     t = check_target(target, images.shape[0], len(names))
     captions = [clf.templates[0].format(names[int(c)]) for c in t.tolist()]
-    res = method.explain(images, captions)
+    res = method.explain(images, captions, **kwargs)
     size = tuple(images.shape[-2:])
     maps = torch.stack([res.image_map(pair=i, size=size) for i in range(images.shape[0])])
     return maps[:, None].expand(-1, images.shape[1], -1, -1).to(images.dtype).contiguous()

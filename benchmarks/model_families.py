@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/model_families.py                 # all rows -> results/model_families.md
     python benchmarks/model_families.py --models RN50 EVA02-B-16   # rerun these rows only
+    python benchmarks/model_families.py --models RN50 --columns interactions  # one cell
 
 Every row is stored in ``benchmarks/results/model_families.json`` as it finishes; ``--models``
 reruns those rows and the table is rendered from all stored rows (rows of a method list
@@ -270,17 +271,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=[m for m, _ in MODELS])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-docs", action="store_true", help="do not update docs/models.md")
+    p.add_argument(
+        "--columns", nargs="+", help="run only these columns, kept with the row's others"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     methods = columns()
     store = RESULTS / "model_families.json"
     stored = json.loads(store.read_text()) if store.is_file() else {}
-    stored = {k: v for k, v in stored.items() if tuple(v["cells"]) == methods}  # stale: rerun
+    stored = {k: v for k, v in stored.items() if set(v["cells"]) <= set(methods)}  # stale
+    unknown = sorted(set(args.columns or ()) - set(methods))
+    if unknown:
+        p.error(f"unknown columns {unknown}; the columns are {list(methods)}")
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            stored[name] = run_row(name, Path(tmp), methods)
+            row = run_row(name, Path(tmp), tuple(args.columns or methods))
+            old = stored.get(name, {"cells": {}, "seconds": {}})
+            merged = {key: {**old[key], **row[key]} for key in ("cells", "seconds")}
+            stored[name] = {  # in column order
+                key: {m: merged[key][m] for m in methods if m in merged[key]} for key in merged
+            }
             store.write_text(json.dumps(stored, indent=1) + "\n")  # each row as it finishes
+    done = {k: v for k, v in stored.items() if tuple(v["cells"]) == methods}
+    if len(done) < len(stored):
+        print(f"rows without every column (rerun them): {sorted(set(stored) - set(done))}",
+              file=sys.stderr)  # fmt: skip
+    stored = done
     table = render(stored, methods, args.threads)
     print(table)
     out = RESULTS / "model_families.md"

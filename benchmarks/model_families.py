@@ -5,7 +5,7 @@ with random weights (``open_clip.create_model_and_transforms(name, pretrained=No
 download), a zero-shot ``ClipClassifier`` over three classes, one photo from scikit-image
 at the model's input size, target = the predicted class. The method columns are the
 method registry (``captum_clip.methods``: every registered name, built with its Python
-defaults and run through ``pixel_map``; interactions with 4 integration steps and the
+defaults and run through ``pixel_map``; interactions with 2 integration steps and the
 blurred image as the reference), then three more library calls: CCI's exact Shapley
 estimator, the region-ablation diagnosis and the deletion metric. A cell reads
 
@@ -75,8 +75,8 @@ MODELS = (
 CLASSES = ("cat", "dog", "astronaut")
 TEMPLATES = ("a photo of a {}.",)
 CAPTION = "a photo of a astronaut"
-INTERACTIONS = {"n_steps": 4, "image_baseline": "blur"}
-"""The interactions column's settings: 4 integration steps (a check that it runs, not a
+INTERACTIONS = {"n_steps": 2, "image_baseline": "blur"}
+"""The interactions column's settings: 2 integration steps (a check that it runs, not a
 measurement) and the blurred image as the reference (a random ConvNeXt gives the same
 output for any positive scaling of an image, so the black image would be an unreachable
 reference)."""

@@ -133,9 +133,8 @@ def test_the_faithfulness_benchmark_reads_the_registry(conv_clf):
     """Every registered method is a benchmark row under its label, built with its Python
     defaults; ``faithfulness --methods`` and ``build_method`` take the registered name."""
     from captum_clip.attr import AttnLRP
-    from captum_clip.benchmark.methods import ALIASES
+    from captum_clip.benchmark.methods import ALIASES, build_method
     from captum_clip.benchmark.methods import METHODS as ROWS
-    from captum_clip.benchmark.methods import build_method
     from captum_clip.commands import faithfulness as cmd
     from captum_clip.models import load_clip
 

@@ -3,9 +3,11 @@
 Every cell is a real run, never typed by hand: the open_clip registry architecture built
 with random weights (``open_clip.create_model_and_transforms(name, pretrained=None)``, no
 download), a zero-shot ``ClipClassifier`` over three classes, one photo from scikit-image
-at the model's input size, target = the predicted class (interactions: 4 integration steps,
-blurred image as the reference: a random ConvNeXt gives the same output for any positive
-scaling of an image, so the black image would be an unreachable reference). A cell reads
+at the model's input size, target = the predicted class. The method columns are the
+method registry (``captum_clip.methods``: every registered name, built with its Python
+defaults and run through ``pixel_map``; interactions with 2 integration steps and the
+blurred image as the reference), then three more library calls: CCI's exact Shapley
+estimator, the region-ablation diagnosis and the deletion metric. A cell reads
 
 * ``ok`` -- the method returned a finite result of the documented shape;
 * ``refused: <message>`` -- a ``ValueError`` / ``TypeError`` whose message says why and
@@ -23,16 +25,20 @@ blocks (the model is built whole, then its trunk's block list is cut; the row sa
 Usage::
 
     python benchmarks/model_families.py                 # all rows -> results/model_families.md
-    python benchmarks/model_families.py --models RN50 EVA02-B-16 --no-docs   # a quick look
+    python benchmarks/model_families.py --models RN50 EVA02-B-16   # rerun these rows only
+    python benchmarks/model_families.py --models RN50 --columns interactions  # one cell
 
-Writes ``benchmarks/results/model_families.md`` (``--out`` another file) and replaces the
-generated table in ``docs/models.md`` (between its ``model-families`` markers) when every
-row ran, unless ``--no-docs``.
+Every row is stored in ``benchmarks/results/model_families.json`` as it finishes; ``--models``
+reruns those rows and the table is rendered from all stored rows (rows of a method list
+that changed since are rerun first). Writes ``benchmarks/results/model_families.md`` and,
+once every model has a row of the current columns, replaces the generated table in
+``docs/models.md`` (between its ``model-families`` markers) unless ``--no-docs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -76,19 +82,20 @@ CLASSES = ("cat", "dog", "astronaut")
 TEMPLATES = ("a photo of a {}.",)
 CAPTION = "a photo of a astronaut"
 EVA01_BLOCKS = 4
-METHODS = (
-    "CCI",
-    "CCI shapley",
-    "vit_gradcam",
-    "GradECLIP",
-    "MaskCLIP",
-    "rollout",
-    "AttnLRP",
-    "LeGrad",
-    "interactions",
-    "diagnose region_ablation",
-    "deletion_auc",
-)
+INTERACTIONS = {"n_steps": 2, "image_baseline": "blur"}
+"""The interactions column's settings: 2 integration steps (a check that it runs, not a
+measurement) and the blurred image as the reference (a random ConvNeXt gives the same
+output for any positive scaling of an image, so the black image would be an unreachable
+reference)."""
+EXTRA = ("CCI shapley", "diagnose region_ablation", "deletion_auc")
+"""Columns after the registry's: library calls that are not attribution methods."""
+
+
+def columns() -> tuple[str, ...]:
+    """Every registered method name, then :data:`EXTRA`."""
+    from captum_clip.methods import METHOD_NAMES
+
+    return METHOD_NAMES + EXTRA
 
 
 def word_tokenizer_folder(folder: Path, context_length: int = 64) -> Path:
@@ -161,18 +168,10 @@ def _finite(t: torch.Tensor, shape: tuple | None = None) -> None:
 
 
 def cells(clf, loaded, x: torch.Tensor) -> dict[str, Callable[[], None]]:
-    """One runnable check per method column."""
-    from captum_clip.attr import (
-        CCI,
-        AttnLRP,
-        GradECLIP,
-        GradientRollout,
-        IntegratedInteractions,
-        LeGrad,
-        MaskCLIP,
-        vit_gradcam,
-    )
+    """One runnable check per column."""
+    from captum_clip.attr import CCI
     from captum_clip.diagnosis import diagnose
+    from captum_clip.methods import METHOD_NAMES, build, pixel_map
     from captum_clip.metrics import deletion_auc
 
     target = clf(x).argmax(1)
@@ -180,24 +179,12 @@ def cells(clf, loaded, x: torch.Tensor) -> dict[str, Callable[[], None]]:
     mask = torch.zeros(1, h, w, dtype=torch.bool)
     mask[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
 
-    def run_cci():  # what a user gets: sufficiency over K=32 (capped at the grid)
-        _finite(CCI(clf).attribute(x, target=target), x.shape)
+    def run_registered(name):  # what a user gets from build(name, clf)
+        kw = INTERACTIONS if name == "interactions" else {}
+        return lambda: _finite(pixel_map(name, build(name, clf), clf, x, target, **kw), x.shape)
 
     def run_shapley():
         _finite(CCI(clf, n_clusters=5, estimator="shapley").attribute(x, target=target), x.shape)
-
-    def run_gradcam():
-        _finite(vit_gradcam(clf, x, target=target), x.shape)
-
-    def run_map(cls):
-        return lambda: _finite(cls(clf).attribute(x, target=target), x.shape)
-
-    def run_interactions():
-        res = IntegratedInteractions(loaded.model, loaded.tokenizer).explain(
-            x, [CAPTION], n_steps=4, image_baseline="blur"
-        )
-        _finite(res.attributions)
-        _finite(res.delta)  # completeness itself is tested (tests/) with more steps
 
     def run_diagnose():
         d = diagnose(clf, x, mask, target.tolist(), method="region_ablation")
@@ -208,19 +195,10 @@ def cells(clf, loaded, x: torch.Tensor) -> dict[str, Callable[[], None]]:
         auc = deletion_auc(clf, x, torch.rand_like(x), target=target, n_steps=8)
         _finite(auc, (1,))
 
-    return {
-        "CCI": run_cci,
-        "CCI shapley": run_shapley,
-        "vit_gradcam": run_gradcam,
-        "GradECLIP": run_map(GradECLIP),
-        "MaskCLIP": run_map(MaskCLIP),
-        "rollout": run_map(GradientRollout),
-        "AttnLRP": run_map(AttnLRP),
-        "LeGrad": run_map(LeGrad),
-        "interactions": run_interactions,
-        "diagnose region_ablation": run_diagnose,
-        "deletion_auc": run_deletion,
-    }
+    checks = {name: run_registered(name) for name in METHOD_NAMES}
+    checks.update({"CCI shapley": run_shapley, "diagnose region_ablation": run_diagnose,
+                   "deletion_auc": run_deletion})  # fmt: skip
+    return checks
 
 
 def verdict(fn: Callable[[], None]) -> tuple[str, float]:
@@ -245,74 +223,108 @@ def short(cell: str) -> str:
     return "refused: " + (first if len(first) < 90 else first[:87] + "...")
 
 
+def run_row(name: str, tmp: Path, methods: tuple[str, ...]) -> dict:
+    """``{"cells": {method: cell}, "seconds": {method: s}}`` of one model."""
+    from captum_clip.models import ClipClassifier
+
+    print(f"== {name}", file=sys.stderr, flush=True)
+    try:
+        loaded = load(name, tmp)
+        clf = ClipClassifier(loaded.model, loaded.tokenizer, CLASSES, templates=TEMPLATES)
+        pre = getattr(loaded.preprocess, "transforms", [])
+        norm = next((t for t in pre if hasattr(t, "mean")), None)
+        mean = tuple(norm.mean) if norm is not None else (0.5, 0.5, 0.5)
+        std = tuple(norm.std) if norm is not None else (0.5, 0.5, 0.5)
+        x = photo(clf.image_size or (224, 224), mean, std)
+        checks = cells(clf, loaded, x)
+    except Exception as err:
+        traceback.print_exc(file=sys.stderr)
+        return {"cells": {m: f"FAILED to load: {err}" for m in methods}, "seconds": {}}
+    row, seconds = {}, {}
+    for method in methods:
+        row[method], seconds[method] = verdict(checks[method])
+        print(f"   {method}: {row[method][:120]} ({seconds[method]:.1f} s)",
+              file=sys.stderr, flush=True)  # fmt: skip
+    return {"cells": row, "seconds": seconds}
+
+
+def render(stored: dict, methods: tuple[str, ...], threads: int) -> str:
+    """The Markdown table of the stored rows (in :data:`MODELS` order)."""
+    kinds = dict(MODELS)
+    lines = ["| model (tower) | " + " | ".join(methods) + " |", "| --- " * (len(methods) + 1) + "|"]
+    notes: dict[str, list[str]] = {}
+    seconds = []
+    for name in [m for m, _ in MODELS if m in stored] + [m for m in stored if m not in kinds]:
+        row = stored[name]["cells"]
+        seconds += list(stored[name]["seconds"].values())
+        lines.append(
+            f"| {name} ({kinds.get(name, '')}) | "
+            + " | ".join(short(row[m]) for m in methods)
+            + " |"
+        )
+        for m in methods:
+            if row[m].startswith("refused"):
+                notes.setdefault(row[m], []).append(f"{name} / {m}")
+    refusals = ["", "Refusals in full:", ""] + [
+        f"- {', '.join(where)}: {text[len('refused: ') :]}" for text, where in notes.items()
+    ]
+    meta = (
+        f"Random weights, one {CLASSES}-classifier, one scikit-image photo per model, "
+        f"{threads} CPU threads, torch {torch.__version__}; all cells ran in "
+        f"{sum(seconds):.0f} s ({max(seconds, default=math.nan):.0f} s the slowest), one "
+        "model per run (the rows are stored in model_families.json)."
+    )
+    return "\n".join(lines + refusals + ["", meta])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=[m for m, _ in MODELS])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-docs", action="store_true", help="do not update docs/models.md")
-    p.add_argument("--out", type=Path, default=RESULTS / "model_families.md",
-                   help="the results file (default: results/model_families.md)")  # fmt: skip
+    p.add_argument(
+        "--columns", nargs="+", help="run only these columns, kept with the row's others"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from captum_clip.models import ClipClassifier
-
-    kinds = dict(MODELS)
-    rows, notes, seconds = [], {}, {}
+    methods = columns()
+    store = RESULTS / "model_families.json"
+    stored = json.loads(store.read_text()) if store.is_file() else {}
+    stored = {k: v for k, v in stored.items() if set(v["cells"]) <= set(methods)}  # stale
+    unknown = sorted(set(args.columns or ()) - set(methods))
+    if unknown:
+        p.error(f"unknown columns {unknown}; the columns are {list(methods)}")
+    RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            print(f"== {name}", file=sys.stderr, flush=True)
-            try:
-                loaded = load(name, Path(tmp))
-                clf = ClipClassifier(loaded.model, loaded.tokenizer, CLASSES, templates=TEMPLATES)
-                pre = getattr(loaded.preprocess, "transforms", [])
-                norm = next((t for t in pre if hasattr(t, "mean")), None)
-                mean = tuple(norm.mean) if norm is not None else (0.5, 0.5, 0.5)
-                std = tuple(norm.std) if norm is not None else (0.5, 0.5, 0.5)
-                x = photo(clf.image_size or (224, 224), mean, std)
-                checks = cells(clf, loaded, x)
-            except Exception as err:
-                traceback.print_exc(file=sys.stderr)
-                rows.append((name, {m: f"FAILED to load: {err}" for m in METHODS}))
-                continue
-            row = {}
-            for method in METHODS:
-                row[method], seconds[(name, method)] = verdict(checks[method])
-                print(f"   {method}: {row[method][:120]} ({seconds[(name, method)]:.1f} s)",
-                      file=sys.stderr, flush=True)  # fmt: skip
-                if row[method].startswith("refused"):
-                    notes.setdefault(row[method], []).append(f"{name} / {method}")
-            rows.append((name, row))
-    header = "| model (tower) | " + " | ".join(METHODS) + " |"
-    lines = [header, "| --- " * (len(METHODS) + 1) + "|"]
-    for name, row in rows:
-        kind = kinds.get(name, "")
-        cells_ = [short(row[m]) for m in METHODS]
-        lines.append(f"| {name} ({kind}) | " + " | ".join(cells_) + " |")
-    refusals = ["", "Refusals in full:", ""] + [
-        f"- {', '.join(where)}: {text[len('refused: ') :]}" for text, where in notes.items()
-    ]
-    total = sum(seconds.values())
-    meta = (
-        f"Random weights, one {CLASSES}-classifier, one scikit-image photo per model, "
-        f"{args.threads} CPU threads, torch {torch.__version__}; all cells ran in "
-        f"{total:.0f} s ({max(seconds.values(), default=math.nan):.0f} s the slowest)."
-    )
-    table = "\n".join(lines + refusals + ["", meta])
+            row = run_row(name, Path(tmp), tuple(args.columns or methods))
+            old = stored.get(name, {"cells": {}, "seconds": {}})
+            merged = {key: {**old[key], **row[key]} for key in ("cells", "seconds")}
+            stored[name] = {  # in column order
+                key: {m: merged[key][m] for m in methods if m in merged[key]} for key in merged
+            }
+            store.write_text(json.dumps(stored, indent=1) + "\n")  # each row as it finishes
+    done = {k: v for k, v in stored.items() if tuple(v["cells"]) == methods}
+    if len(done) < len(stored):
+        print(f"rows without every column (rerun them): {sorted(set(stored) - set(done))}",
+              file=sys.stderr)  # fmt: skip
+    stored = done
+    table = render(stored, methods, args.threads)
     print(table)
-    out = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "model_families.md"
     out.write_text(
         "# Model families x methods\n\n" + __doc__.split("\n\n")[1] + "\n\n" + table + "\n"
     )
     print(f"wrote {out}", file=sys.stderr)
-    if not args.no_docs and set(args.models) == {m for m, _ in MODELS} and DOCS.is_file():
+    complete = {m for m, _ in MODELS} <= set(stored)
+    if not args.no_docs and complete and DOCS.is_file():
         text = DOCS.read_text()
         if BEGIN in text and END in text:
             head, rest = text.split(BEGIN, 1)
             _, tail = rest.split(END, 1)
             DOCS.write_text(head + BEGIN + "\n" + table + "\n" + END + tail)
             print(f"wrote {DOCS}", file=sys.stderr)
-    failed = [c for _, row in rows for c in row.values() if c.startswith("FAILED")]
+    failed = [c for v in stored.values() for c in v["cells"].values() if c.startswith("FAILED")]
     return 1 if failed else 0
 
 

@@ -222,7 +222,7 @@ def test_bad_input_is_rejected(clf, data):
     with pytest.raises(ValueError, match="chunk_size"):
         evaluate(clf, x, methods=["CCI"], chunk_size=0)
     with pytest.raises(ValueError, match="unknown method"):
-        build_method("cci", clf)
+        build_method("CCI()", clf)
 
 
 def test_report_and_cli_defaults(clf, data):

@@ -45,19 +45,19 @@ def test_choices_and_limits_are_the_librarys():
         a for a in build_parser()._subparsers._group_actions[0].choices["explain"]._actions
         if a.dest == "estimator"
     )  # fmt: skip
-    assert action.default == "occlusion" and tuple(action.choices) == ESTIMATORS
-    assert "sufficiency is the library's default" in action.help
+    assert action.default is None and tuple(action.choices) == ESTIMATORS  # None: CCI(clf)'s
+    assert "occlusion is the paper's" in action.help
 
 
-@pytest.mark.parametrize("estimator", ["sufficiency", None])  # None: the default, occlusion
-def test_printed_regions_equal_cci_default_for(scene, tmp_path, capsys, estimator):
+@pytest.mark.parametrize("estimator", ["sufficiency", "occlusion", None])  # None: CCI(clf)'s
+def test_printed_regions_equal_cci_with_that_estimator(scene, tmp_path, capsys, estimator):
     k = 5
     argv = ["explain", str(scene), "--labels", LABELS, "--model", "testbed"]
     argv += ["--n-clusters", str(k), "--out", str(tmp_path / "fig.png")]
     argv += ["--estimator", estimator] if estimator else []
     assert main(argv) == 0
     out = capsys.readouterr().out
-    estimator = estimator or "occlusion"
+    estimator = estimator or "sufficiency"
     assert f"CCI {estimator}, K={k}, highest first; value = " in out
     assert explain.VALUE_MEANING[estimator] in out
     printed = _regions_printed(out)
@@ -67,7 +67,7 @@ def test_printed_regions_equal_cci_default_for(scene, tmp_path, capsys, estimato
     x = loaded.preprocess(read_image(scene))[None]
     with torch.no_grad():
         target = int(clf(x).argmax(1))
-    cci = CCI.default_for(clf, k, estimator=estimator)
+    cci = CCI(clf, n_clusters=k, estimator=estimator)
     assert cci.estimator == estimator and cci.n_clusters == (k,)
     _, res = cci.attribute(x, target=target, return_clusters=True)
     weights, values = res.weights[0], res.values[0]

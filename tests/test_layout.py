@@ -104,7 +104,7 @@ FLOORS: tuple[tuple[str, frozenset[str]], ...] = (
     ("shared helpers", frozenset({"_hooks", "_validate", "_version", "storage"})),
     ("models", frozenset({"models", "testbed"})),
     ("measures", frozenset({"metrics", "viz"})),
-    ("attributions", frozenset({"attr"})),
+    ("attributions", frozenset({"attr", "methods"})),
     (
         "analyses",
         frozenset(

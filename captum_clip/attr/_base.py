@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from captum_clip._hooks import HookManager
 from captum_clip._validate import check_batch_size, check_images, check_target
+from captum_clip.attr._captum import CaptumConformance
 from captum_clip.models.adapter import resolve_tower
 from captum_clip.models.base import VisionTower
 from captum_clip.models.blocks import BlockTrace, trace_blocks
@@ -130,7 +131,7 @@ def traced_scores(
         return out.gather(1, t[:, None].to(out.device))[:, 0], store
 
 
-class PatchMapAttribution(Attribution):
+class PatchMapAttribution(CaptumConformance, Attribution):
     """Base of the attributions that compute a map on a vision tower's patch grid.
 
     Subclasses set the class attributes and implement :meth:`_patch_maps`.

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from captum_clip._hooks import HookManager
 from captum_clip._validate import check_images, check_target
 from captum_clip.attr._base import split_batches
+from captum_clip.attr._captum import CaptumConformance
 from captum_clip.attr._conv_lrp import CONV_FAMILIES, check_conv_lrp, conv_lrp_rules
 from captum_clip.attr._lrp_rules import IdentityRule, halve, norm_rule
 from captum_clip.attr.legrad import text_head
@@ -137,7 +138,7 @@ def lrp_module_rules(root: nn.Module, hooks: HookManager) -> None:
             )
 
 
-class AttnLRP(GradientAttribution):
+class AttnLRP(CaptumConformance, GradientAttribution):
     """AttnLRP relevance at the input pixels of a CLIP image tower (ViT or convolutional).
 
     The explained score is the target logit ``scale * cos(image, text_c) (+ bias)`` of a

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_batch_size
 from captum_clip.attr import _interaction_paths as paths
+from captum_clip.attr._captum import CaptumConformance, texts_or_target
 from captum_clip.attr._interaction_result import InteractionResult
 from captum_clip.attr._interaction_sides import (
     ClipImageEncoder,
@@ -51,7 +52,7 @@ def _progress(show: bool, total: int, desc: str) -> Any:
     return bar
 
 
-class IntegratedInteractions(GradientAttribution):
+class IntegratedInteractions(CaptumConformance, GradientAttribution):
     """Second-order integrated interactions between caption tokens and image patches.
 
     Args:
@@ -142,7 +143,7 @@ class IntegratedInteractions(GradientAttribution):
     def attribute(  # type: ignore[override]
         self,
         images: Tensor,
-        texts: Sequence[str] | Tensor,
+        texts: Sequence[str] | Tensor | None = None,
         n_steps: int = 20,
         method: str = "gausslegendre",
         text_layer: int = -1,
@@ -154,11 +155,12 @@ class IntegratedInteractions(GradientAttribution):
         return_convergence_delta: bool = False,
         show_progress: bool = False,
         route: str = "auto",
+        target: Sequence[str] | Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Interaction matrices ``A`` ``(B, S, 1+P)`` of ``B`` image-caption pairs.
 
         Args:
-            images: ``(B, 3, H, W)`` preprocessed images.
+            images: ``(B, 3, H, W)`` preprocessed images (or a 1-tuple of them).
             texts: ``B`` captions, or a ``(B, S)`` token-id tensor.
             n_steps: Integration points per tower.
             method: Captum rule: ``"gausslegendre"`` or ``"riemann_{left,right,middle,trapezoid}"``.
@@ -180,10 +182,14 @@ class IntegratedInteractions(GradientAttribution):
             show_progress: tqdm bar over the integration steps.
             route: ``"auto"`` (fast route at the last block when available, else the cheaper
                 of forward/reverse), ``"fast"``, ``"forward"`` or ``"reverse"``.
+            target: The captions under Captum's name (instead of ``texts``), as
+                ``NoiseTunnel`` and ``sensitivity_max`` expand it with the batch.
 
         Returns:
-            ``A``, or ``(A, delta)`` with ``return_convergence_delta=True``.
+            ``A``, or ``(A, delta)`` with ``return_convergence_delta=True`` (a 1-tuple
+            ``(A,)`` in place of ``A`` when ``images`` was a 1-tuple).
         """
+        texts = texts_or_target(texts, target)
         res = self.explain(
             images, texts, n_steps=n_steps, method=method, text_layer=text_layer,
             image_layer=image_layer, text_baseline=text_baseline, image_baseline=image_baseline,

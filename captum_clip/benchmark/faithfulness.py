@@ -31,7 +31,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from captum_clip.benchmark.methods import METHODS, ForwardCounter, MethodSettings, build_method
+from captum_clip.benchmark.methods import (
+    ALIASES,
+    METHODS,
+    ForwardCounter,
+    MethodSettings,
+    build_method,
+)
 from captum_clip.metrics import (
     curve_auc,
     mask_share,
@@ -264,7 +270,8 @@ def evaluate(
         masks: ``(B, H, W)`` bool object masks (pointing game, mask share), or None.
         causal: Causal labels (a ``CausalLabels`` or ``B`` label strings) for the
             diagnosis agreement, or None.
-        methods: Names from :data:`~captum_clip.benchmark.methods.METHODS` (default all).
+        methods: Names from :data:`~captum_clip.benchmark.methods.METHODS` or registered
+            names (:mod:`captum_clip.methods`; default all).
         method_settings: See :class:`~captum_clip.benchmark.methods.MethodSettings`.
         metric_settings: See :class:`MetricSettings`.
         chunk_size: Images per attribution call (methods are timed on the same chunks).
@@ -279,7 +286,7 @@ def evaluate(
     _check_evaluate_args(images, targets, masks, chunk_size)
     ms = method_settings or MethodSettings()
     mt = metric_settings or MetricSettings()
-    names = list(METHODS) if methods is None else list(methods)
+    names = list(METHODS) if methods is None else [ALIASES.get(n, n) for n in methods]
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
         raise ValueError(f"unknown methods {unknown}; known methods: {list(METHODS)}")

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from captum_clip._hooks import HookManager, preserve_model_state
 
 __all__ = [
+    "ALIASES",
     "METHODS",
     "ForwardCounter",
     "MethodSettings",
@@ -185,37 +186,27 @@ def _cci_estimator(
     return build
 
 
-def _vit_gradcam(clf: Any, s: MethodSettings) -> AttributeFn:
-    from captum_clip.attr.gradcam import vit_gradcam
+def _registered(name: str) -> Callable[[Any, MethodSettings], AttributeFn]:
+    """Registered method ``name`` (:mod:`captum_clip.methods`) with its Python defaults;
+    the settings give only its internal batch (and integrated gradients' steps)."""
 
-    method = vit_gradcam(clf)
-    return lambda x, t: method.attribute(x, target=t)
-
-
-def _clip_method(cls_name: str) -> Callable[[Any, MethodSettings], AttributeFn]:
     def build(clf: Any, s: MethodSettings) -> AttributeFn:
-        import captum_clip.attr as attr
+        from captum_clip.methods import METHODS as REGISTRY
+        from captum_clip.methods import build as build_registered
+        from captum_clip.methods import pixel_map
 
-        method = getattr(attr, cls_name)(clf)
-        return lambda x, t: method.attribute(x, target=t, internal_batch_size=s.batch_size)
+        if REGISTRY[name].output == "interactions":
+            if getattr(clf, "class_names", None) is None:
+                raise ValueError(f"{name} maps need a ClipClassifier (class prompts)")
+            method = build_registered(name, clf)
+            return lambda x, t: pixel_map(name, method, clf, x, t)
+        method = build_registered(name, clf)
+        kw: dict[str, Any] = {"internal_batch_size": s.batch_size}
+        if name == "integrated-gradients":
+            kw["n_steps"] = s.ig_steps
+        return lambda x, t: method.attribute(x, target=t, **kw)
 
     return build
-
-
-def _attnlrp_cp(clf: Any, s: MethodSettings) -> AttributeFn:
-    from captum_clip.attr.attnlrp import AttnLRP
-
-    method = AttnLRP(clf, attention="cp")
-    return lambda x, t: method.attribute(x, target=t, internal_batch_size=s.batch_size)
-
-
-def _ig(clf: Any, s: MethodSettings) -> AttributeFn:
-    from captum.attr import IntegratedGradients
-
-    method = IntegratedGradients(clf)
-    return lambda x, t: method.attribute(
-        x, target=t, n_steps=s.ig_steps, internal_batch_size=s.batch_size
-    )
 
 
 def _captum_grad(cls_name: str) -> Callable[[Any, MethodSettings], AttributeFn]:
@@ -347,7 +338,22 @@ def _cross_game(index: str) -> Callable[[Any, MethodSettings], AttributeFn]:
     return build
 
 
-#: name -> builder ``(classifier, MethodSettings) -> (images, target) -> attributions``.
+def _edge_map(x: Tensor, t: Tensor) -> Tensor:
+    """The negative control: the image's Sobel edges, whatever the model and the target."""
+    from captum_clip.metrics.trust import edge_map
+
+    return edge_map(x, t)
+
+
+def _registry_labels() -> dict[str, str]:
+    from captum_clip.methods import METHODS as REGISTRY
+
+    return {m.name: m.label for m in REGISTRY.values()}
+
+
+#: name -> builder ``(classifier, MethodSettings) -> (images, target) -> attributions``:
+#: the paper's CCI and its variants, every method of the registry (:mod:`captum_clip.methods`,
+#: under its ``label``) and the benchmark's peers.
 METHODS: dict[str, Callable[[Any, MethodSettings], AttributeFn]] = {
     "CCI": _cci("single"),
     "CCI multi-K": _cci("multi"),
@@ -356,11 +362,7 @@ METHODS: dict[str, Callable[[Any, MethodSettings], AttributeFn]] = {
     "CCI shapley": _cci_estimator("shapley"),
     "CCI shapley prob": _cci_estimator("shapley", "prob"),
     "CCI sampled-shapley": _cci_estimator("sampled_shapley"),
-    "vit_gradcam": _vit_gradcam,
-    "MaskCLIP": _clip_method("MaskCLIP"),
-    "GradECLIP": _clip_method("GradECLIP"),
-    "GradientRollout": _clip_method("GradientRollout"),
-    "IntegratedGradients": _ig,
+    **{label: _registered(name) for name, label in _registry_labels().items()},
     "Saliency": _captum_grad("Saliency"),
     "InputXGradient": _captum_grad("InputXGradient"),
     "Occlusion": _occlusion,
@@ -368,21 +370,23 @@ METHODS: dict[str, Callable[[Any, MethodSettings], AttributeFn]] = {
     "KernelShap": _superpixel_method("KernelShap"),
     "Lime": _superpixel_method("Lime"),
     "pgc GradCAM": _pgc_gradcam,
-    "AttnLRP": _clip_method("AttnLRP"),
-    "AttnLRP cp": lambda clf, s: _attnlrp_cp(clf, s),
-    "LeGrad": _clip_method("LeGrad"),
     "Cross-game banzhaf": _cross_game("banzhaf"),
     "Cross-game FIxLIP": _cross_game("weighted_banzhaf"),
+    "edge-map control": lambda clf, s: _edge_map,
 }
+#: registry name -> its label above (``faithfulness --methods`` takes either).
+ALIASES: dict[str, str] = _registry_labels()
 
 
 def build_method(name: str, clf: Any, settings: MethodSettings | None = None) -> AttributeFn:
-    """Builds benchmark method ``name`` (a key of :data:`METHODS`) for ``clf``.
+    """Builds benchmark method ``name`` (a key of :data:`METHODS`, or a registered name of
+    :data:`ALIASES`) for ``clf``.
 
     Raises:
         ValueError: Unknown name, or the method does not support this vision tower.
         ImportError: An optional peer library (pytorch-grad-cam) is missing.
     """
+    name = ALIASES.get(name, name)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {list(METHODS)}")
     return METHODS[name](clf, settings or MethodSettings())

@@ -36,7 +36,13 @@ from tqdm.auto import tqdm
 
 from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_batch_size
-from captum_clip.benchmark.methods import METHODS, ForwardCounter, MethodSettings, build_method
+from captum_clip.benchmark.methods import (
+    ALIASES,
+    METHODS,
+    ForwardCounter,
+    MethodSettings,
+    build_method,
+)
 from captum_clip.benchmark.retrieval_score import score_parts
 from captum_clip.covar.distributed import DistContext, init_from_env, shard
 from captum_clip.datasets import CaptionGallery
@@ -198,7 +204,7 @@ def _check_args(gallery: Any, batch_size: Any, methods: Any) -> list[str]:
             f"gallery must be a CaptionGallery (load_captions), got {type(gallery).__name__}"
         )
     check_batch_size(batch_size, "batch_size", allow_none=False)
-    names = list(DEFAULT_METHODS if methods is None else methods)
+    names = [ALIASES.get(n, n) for n in (DEFAULT_METHODS if methods is None else methods)]
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
         raise ValueError(f"unknown methods {unknown}; known methods: {list(METHODS)}")
@@ -282,8 +288,8 @@ def evaluate_retrieval(
         gallery: From :func:`captum_clip.datasets.load_captions`.
         out_dir: Output folder: ``parts/<method>/b<batch>.pt`` (kept; the unit of
             resuming), ``summary.csv``, ``curves.csv``, ``clean.csv``, ``cost.csv``.
-        methods: Names from :data:`~captum_clip.benchmark.methods.METHODS` (default
-            :data:`DEFAULT_METHODS`).
+        methods: Names from :data:`~captum_clip.benchmark.methods.METHODS` or registered
+            names (:mod:`captum_clip.methods`; default :data:`DEFAULT_METHODS`).
         method_settings: See :class:`~captum_clip.benchmark.methods.MethodSettings`.
         settings: See :class:`RetrievalSettings`.
         batch_size: Images per attribution call (fixed batches, whatever the number of

@@ -7,14 +7,17 @@ import sys
 from pathlib import Path
 
 from captum_clip.commands import _common
+from captum_clip.methods import METHOD_NAMES
 
 DESCRIPTION = """\
-Classify one image zero-shot over --labels and explain one class with CCI (cluster concept
-importance: which image regions, removed together, change the class score) or ViT GradCAM.
-Prints the class probabilities (and CCI's region weights) and writes one figure: the
-image, the attribution map (green supports the explained class, red opposes it) and, for
-CCI, the regions with their weights. CCI is the paper's by default (a region's value is the
-drop of the class logit when that region alone is hidden); --estimator picks another.
+Classify one image zero-shot over --labels and explain one class with any registered
+attribution method (--method; docs/methods.md lists them with what they cost and which
+towers they run on). Prints the class probabilities (and CCI's region values) and writes
+one figure: the image, the attribution map (green supports the explained class, red
+opposes it) and, for CCI, the regions with their weights. Every default is the Python
+default: --method cci runs CCI(clf) (sufficiency over K=32 regions); --estimator occlusion
+is the paper's leave-one-out. A method the model's vision tower cannot run is refused with
+the reason and the methods that run on it.
 """
 
 ESTIMATORS: tuple[str, ...] = (
@@ -24,14 +27,17 @@ ESTIMATORS: tuple[str, ...] = (
 that building the parser imports nothing heavy."""
 EXACT: tuple[str, ...] = ("shapley", "banzhaf")
 """Estimators that evaluate all 2^K coalitions: K <= :data:`MAX_EXACT_K`."""
+MASK_MODES: tuple[str, ...] = ("auto", "attention", "pixel")  # captum_clip.attr.cci (tested)
+CCI_OPTIONS: tuple[str, ...] = ("n_clusters", "estimator", "mask_mode")
+"""Options passed to ``CCI(clf, ...)`` only when given: unset, CCI's own defaults apply."""
 MAX_EXACT_K = 10  # captum_clip.attr._regions.MAX_EXACT_K (a test checks)
 SAMPLED: tuple[str, ...] = ("sampled_shapley", "owen")  # captum_clip.attr._regions.BUDGETED
 BUDGET = 63  # captum_clip.attr._regions.DEFAULT_BUDGET: masked forwards of the sampled ones
 ESTIMATOR_HELP = (
-    "CCI's region value (cci only): occlusion is the paper's (the drop of the class logit "
-    "when the region alone is hidden; K+1 forwards); sufficiency is the library's default "
-    "(CCI(clf)) and ahead of rollout / IG on whole-patch deletion (the logit with only the "
-    "region visible minus the logit with nothing visible; K+2 forwards); shapley / banzhaf "
+    "CCI's region value (cci only; default: CCI(clf)'s, sufficiency: the logit with only "
+    "the region visible minus the logit with nothing visible; K+2 forwards); occlusion is "
+    "the paper's (the drop of the class logit when the region alone is hidden; K+1 "
+    "forwards); shapley / banzhaf "
     f"are exact over all 2^K coalitions (--n-clusters <= {MAX_EXACT_K}); sampled_shapley / "
     f"owen sample Shapley / Owen values within {BUDGET} masked forwards per image "
     f"(--n-clusters <= {BUDGET}); docs/cci.md compares them"
@@ -63,19 +69,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("image", help="image file (png, jpg...)")
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "cat,dog"')
     _common.add_model_args(p, default="testbed")
-    p.add_argument("--method", choices=("cci", "gradcam"), default="cci", help="attribution")
+    p.add_argument(
+        "--method", choices=METHOD_NAMES, default="cci", metavar="NAME",
+        help="attribution method, one of the registry's (captum_clip.methods): "
+        + ", ".join(METHOD_NAMES),
+    )  # fmt: skip
     p.add_argument("--target", help="label to explain (default: the predicted one)")
     p.add_argument(
         "--template",
         help="prompt template with '{}' (default: 'a photo of a {}.'; testbed 'a photo of {}')",
     )
-    p.add_argument("--n-clusters", type=int, default=7, help="CCI clusters K (cci only)")
-    p.add_argument("--estimator", choices=ESTIMATORS, default=ESTIMATORS[0], help=ESTIMATOR_HELP)
     p.add_argument(
-        "--mask-mode",
-        choices=("attention", "pixel"),
-        help="CCI mode (default: attention on ViTs, pixel otherwise)",
-    )
+        "--n-clusters", type=int,
+        help="CCI regions K (cci only; default: CCI(clf)'s for the estimator, 32 for "
+        "sufficiency, 7 for occlusion / shapley / banzhaf, 16 for the sampled ones; at most "
+        "the patches of the tower)",
+    )  # fmt: skip
+    p.add_argument("--estimator", choices=ESTIMATORS, help=ESTIMATOR_HELP)
+    p.add_argument(
+        "--mask-mode", choices=MASK_MODES,
+        help="CCI masking (cci only; default: CCI(clf)'s, auto = attention on ViTs, pixel "
+        "otherwise)",
+    )  # fmt: skip
     p.add_argument(
         "--concepts",
         nargs="?",
@@ -108,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
     if args.target is not None and args.target not in labels:
         raise ValueError(f"--target {args.target!r} is not one of the labels {labels}")
     _common.check_positive(args, "n_clusters")
-    check_estimator(args.estimator, args.n_clusters)
-    if args.method == "gradcam" and (args.n_clusters != 7 or args.mask_mode is not None):
-        print("warning: --n-clusters/--mask-mode only apply to --method cci", file=sys.stderr)
-    if args.method == "gradcam" and args.estimator != "occlusion":
-        print("warning: --estimator only applies to --method cci", file=sys.stderr)
+    options = {k: getattr(args, k) for k in CCI_OPTIONS if getattr(args, k) is not None}
+    if options and args.method != "cci":
+        given = ", ".join("--" + k.replace("_", "-") for k in options)
+        verb = "applies" if len(options) == 1 else "apply"
+        print(f"warning: {given} only {verb} to --method cci", file=sys.stderr)
+        options = {}
+    check_estimator(options.get("estimator"), options.get("n_clusters"))
     if args.concepts is not None and args.method != "cci":
         raise ValueError("--concepts names CCI's regions; use it with --method cci")
     if args.namer is not None and args.concepts is None:
@@ -123,11 +140,11 @@ def run(args: argparse.Namespace) -> int:
     clf, loaded, spec = _common.classifier(args, labels, templates)  # fails first, fast
     import torch
 
-    from captum_clip.attr.cci import CCI
-    from captum_clip.attr.gradcam import vit_gradcam
+    from captum_clip.methods import build, get_method, pixel_map
     from captum_clip.storage import read_image
     from captum_clip.viz.figures import explain_figure
 
+    method = build(args.method, clf, **options)  # refusals before any output
     x = loaded.preprocess(read_image(path))
     x = (x[None] if x.ndim == 3 else x).to(clf.text_embeddings.device)
     with torch.no_grad():
@@ -139,32 +156,21 @@ def run(args: argparse.Namespace) -> int:
     kind = "predicted" if target == pred else "given (--target)"
     print(f"explaining {kind} class {labels[target]!r} with {args.method}")
     clusters = None
+    title = get_method(args.method).title
     if args.method == "cci":
-        mode = {"mask_mode": args.mask_mode} if args.mask_mode else {}
-        cci = CCI.default_for(clf, args.n_clusters, estimator=args.estimator, **mode)
-        attr, res = cci.attribute(x, target=target, return_clusters=True)
+        attr, res = method.attribute(x, target=target, return_clusters=True)
         clusters = (res.labels[0].cpu(), res.weights[0].cpu())
-        weights, values = res.weights[0], res.values[0]
-        print(
-            f"CCI {args.estimator}, K={res.n_clusters}, highest first; value = "
-            f"{VALUE_MEANING[args.estimator]} (the number in front: value / sum of |values|)"
-        )  # no "weight" in this line: scripts read the region lines by that word
-        for rank, k in enumerate(torch.nan_to_num(weights, nan=-1e9).argsort(descending=True)):
-            if torch.isfinite(weights[k]):
-                area = float((res.labels[0] == k).float().mean())
-                print(
-                    f"  region {rank + 1}: weight {weights[k]:+.3f}  value {values[k]:+.3f}"
-                    f"  area {area:.2f}"
-                )
+        print_regions(res, method.estimator)
+        title = cci_name(method.estimator)
     else:
-        attr = vit_gradcam(clf, x, target=target)
+        attr = pixel_map(args.method, method, clf, x, target)
     names = None
     if args.concepts is not None:
         names = print_concepts(args, x, res, labels, loaded)
     fig = explain_figure(
         x[0].cpu(),
         attr[0].detach().cpu(),
-        method=cci_name(args.estimator) if args.method == "cci" else "GradCAM",
+        method=title,
         target_name=labels[target],
         target_prob=float(probs[target]),
         target_kind="predicted" if target == pred else "given",
@@ -206,9 +212,29 @@ def print_concepts(args: argparse.Namespace, x, res, labels: list[str], loaded) 
     return named.best[0]
 
 
-def check_estimator(estimator: str, n_clusters: int) -> None:
+def print_regions(res, estimator: str) -> None:
+    """CCI's regions, highest weight first, with their values and areas."""
+    import torch
+
+    weights, values = res.weights[0], res.values[0]
+    print(
+        f"CCI {estimator}, K={res.n_clusters}, highest first; value = "
+        f"{VALUE_MEANING[estimator]} (the number in front: value / sum of |values|)"
+    )  # no "weight" in this line: scripts read the region lines by that word
+    for rank, k in enumerate(torch.nan_to_num(weights, nan=-1e9).argsort(descending=True)):
+        if torch.isfinite(weights[k]):
+            area = float((res.labels[0] == k).float().mean())
+            print(
+                f"  region {rank + 1}: weight {weights[k]:+.3f}  value {values[k]:+.3f}"
+                f"  area {area:.2f}"
+            )
+
+
+def check_estimator(estimator: str | None, n_clusters: int | None) -> None:
     """ValueError naming the options when ``--n-clusters`` is too large for ``--estimator``
     (before the model is loaded; CCI checks the same with its own K, capped at the grid)."""
+    if estimator is None or n_clusters is None:
+        return
     if estimator in EXACT and n_clusters > MAX_EXACT_K:
         raise ValueError(
             f"--estimator {estimator} evaluates all 2^K coalitions and allows --n-clusters <= "

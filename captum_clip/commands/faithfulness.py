@@ -9,36 +9,23 @@ import time
 from pathlib import Path
 
 from captum_clip.commands import _common
+from captum_clip.methods import METHODS as REGISTRY
 
 DEFAULT_OUT = "captum_clip_faithfulness/faithfulness.md"
-#: Method names and defaults, kept here so ``captum-clip --help`` does not import torch
-#: (a test checks them against ``captum_clip.benchmark``).
-METHOD_NAMES = (
-    "CCI",
-    "CCI multi-K",
-    "CCI sufficiency",
-    "CCI banzhaf",
-    "CCI shapley",
-    "CCI shapley prob",
+CCI_VARIANTS = (
+    "CCI", "CCI multi-K", "CCI sufficiency", "CCI banzhaf", "CCI shapley", "CCI shapley prob",
     "CCI sampled-shapley",
-    "vit_gradcam",
-    "MaskCLIP",
-    "GradECLIP",
-    "GradientRollout",
-    "IntegratedGradients",
-    "Saliency",
-    "InputXGradient",
-    "Occlusion",
-    "FeatureAblation",
-    "KernelShap",
-    "Lime",
-    "pgc GradCAM",
-    "AttnLRP",
-    "AttnLRP cp",
-    "LeGrad",
-    "Cross-game banzhaf",
-    "Cross-game FIxLIP",
-)
+)  # fmt: skip
+PEERS = (
+    "Saliency", "InputXGradient", "Occlusion", "FeatureAblation", "KernelShap", "Lime",
+    "pgc GradCAM", "Cross-game banzhaf", "Cross-game FIxLIP", "edge-map control",
+)  # fmt: skip
+#: The benchmark's rows (``captum_clip.benchmark.METHODS``, a test checks): the paper's CCI
+#: and its variants, every registered method (``captum_clip.methods``) under its label, and
+#: the peers; the benchmark-only names are kept here so ``--help`` imports no torch.
+METHOD_NAMES = CCI_VARIANTS + tuple(m.label for m in REGISTRY.values()) + PEERS
+#: What ``--methods`` takes: those, or a registered name (``attnlrp-cp``).
+METHOD_CHOICES = METHOD_NAMES + tuple(REGISTRY)
 METHOD_DEFAULTS = dict(
     cci_k=7, cci_multi_k=(3, 5, 7, 9), ig_steps=16, superpixels=24, shap_samples=64, batch_size=64
 )
@@ -55,8 +42,9 @@ def _shared_args(p: argparse.ArgumentParser) -> None:
     ms, mt = METHOD_DEFAULTS, METRIC_DEFAULTS
     g = p.add_argument_group("methods")
     g.add_argument(
-        "--methods", nargs="+", choices=METHOD_NAMES, metavar="NAME",
-        help="methods to run (default all): " + ", ".join(repr(m) for m in METHOD_NAMES),
+        "--methods", nargs="+", choices=METHOD_CHOICES, metavar="NAME",
+        help="methods to run (default all): " + ", ".join(repr(m) for m in METHOD_NAMES)
+        + "; or a registered name: " + ", ".join(REGISTRY),
     )  # fmt: skip
     g.add_argument("--cci-k", type=int, default=ms["cci_k"], help="K of CCI")
     g.add_argument(
@@ -138,7 +126,7 @@ def add_parser(subparsers) -> None:
     f.set_defaults(func=run_folder_command, chunk_size=8)
     from captum_clip.commands._faithfulness_retrieval import add_retrieval
 
-    add_retrieval(sub, METHOD_NAMES)
+    add_retrieval(sub, METHOD_CHOICES)
     _common.require_subcommand(p, "testbed, folder, retrieval")
 
 

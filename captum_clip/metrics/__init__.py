@@ -1,4 +1,5 @@
-"""Faithfulness and localisation metrics as Captum-style functions (one value per example).
+"""Faithfulness, localisation and trust metrics as Captum-style functions (one value per
+example).
 
 Also public, for the subsystems above that perturb images the same way: ``make_baseline``
 (the replacement pixels), ``expand_args`` (additional forward arguments per variant),
@@ -31,6 +32,15 @@ from captum_clip.metrics.localisation import mask_iou, mask_share, pointing_game
 from captum_clip.metrics.plot import plot_curves
 from captum_clip.metrics.retrieval import recall_at_k, retrieval_auc, retrieval_curve
 from captum_clip.metrics.road import RoadResult, noisy_linear_impute, road
+from captum_clip.metrics.trust import (
+    complexity,
+    edge_map,
+    model_randomisation,
+    random_logit,
+    rank_correlation,
+    seed_stability,
+    sparseness,
+)
 
 __all__ = [
     "GRAD_ECLIP",
@@ -40,9 +50,11 @@ __all__ = [
     "Protocol",
     "RoadResult",
     "check_inputs",
+    "complexity",
     "curve_auc",
     "deletion_auc",
     "deletion_curve",
+    "edge_map",
     "expand_args",
     "importance_rank",
     "insertion_auc",
@@ -50,13 +62,18 @@ __all__ = [
     "make_baseline",
     "mask_iou",
     "mask_share",
+    "model_randomisation",
     "noisy_linear_impute",
     "plot_curves",
     "pointing_game",
+    "random_logit",
+    "rank_correlation",
     "recall_at_k",
     "retrieval_auc",
     "retrieval_curve",
     "road",
     "run_batched",
+    "seed_stability",
     "select_score",
+    "sparseness",
 ]

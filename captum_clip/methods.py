@@ -39,8 +39,10 @@ __all__ = [
     "runs_on",
 ]
 
-TOWERS = ("vit", "any")
-"""``"vit"``: reads attention (a ViT vision tower); ``"any"``: any tower the adapters know."""
+TOWERS = ("vit", "lrp", "any")
+"""``"vit"``: reads attention (a ViT vision tower); ``"lrp"``: a ViT, or a convolutional tower
+whose every layer type has an LRP rule (ResNet, ConvNeXt, FastViT; ``docs/peers.md``);
+``"any"``: any tower the adapters know."""
 OUTPUTS = ("pixels", "interactions")
 """``"pixels"``: attributions shaped like the images ``(B, 3, H, W)``; ``"interactions"``:
 ``(B, S, 1+P)`` caption-token x image-patch interactions."""
@@ -135,13 +137,13 @@ _ENTRIES = (
     Method(
         "attnlrp", "AttnLRP", "AttnLRP",
         "layer-wise relevance propagation with the AttnLRP rules through attention",
-        "vit", "1 forward + 1 backward", 1, True, False, "pixels", _attnlrp("attnlrp"),
+        "lrp", "1 forward + 1 backward", 1, True, False, "pixels", _attnlrp("attnlrp"),
         reference="Achtibat et al., ICML 2024",
     ),
     Method(
         "attnlrp-cp", "AttnLRP cp", "AttnLRP (CP)",
         "LRP with the attention weights held constant (CP-LRP)",
-        "vit", "1 forward + 1 backward", 1, True, False, "pixels", _attnlrp("cp"),
+        "lrp", "1 forward + 1 backward", 1, True, False, "pixels", _attnlrp("cp"),
         reference="Ali et al., ICML 2022",
     ),
     Method(
@@ -214,16 +216,35 @@ def _tower_name(vision: Any) -> str:
     return type(trunk if trunk is not None else module).__name__
 
 
+def _lrp_refusal(vision: Any) -> str | None:
+    """Why the LRP rules do not cover a non-ViT tower (None: every layer has a rule)."""
+    from captum_clip.attr import check_conv_lrp
+
+    try:
+        check_conv_lrp(getattr(vision, "module", vision))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def runs_on(vision: Any) -> tuple[str, ...]:
     """Names of the registered methods whose tower requirement ``vision`` meets."""
     vit = bool(getattr(vision, "is_vit", False))
-    return tuple(m.name for m in _ENTRIES if m.towers == "any" or vit)
+    lrp = vit or _lrp_refusal(vision) is None
+    return tuple(
+        m.name for m in _ENTRIES if m.towers == "any" or vit or (m.towers == "lrp" and lrp)
+    )
 
 
 def refusal(name: str, vision: Any) -> str | None:
     """Why method ``name`` cannot run on the vision tower adapter ``vision`` (and what
     can), or None when its tower requirement is met."""
     method = get_method(name)
+    if method.towers == "lrp" and not getattr(vision, "is_vit", False):
+        why = _lrp_refusal(vision)
+        if why is not None:
+            return f"{name}: {why}. Registered methods that run on it: {', '.join(runs_on(vision))}"
+        return None
     if method.towers == "vit" and not getattr(vision, "is_vit", False):
         return (
             f"{name} reads the attention of a ViT vision tower; {_tower_name(vision)} has none "
@@ -275,7 +296,7 @@ def pixel_map(name: str, method: Any, clf: Any, images: Any, target: Any, **kwar
 
 def markdown_table() -> str:
     """The registry as the Markdown table of ``docs/methods.md`` (a test compares them)."""
-    towers = {"vit": "ViT (reads attention)", "any": "any"}
+    towers = {"vit": "ViT (reads attention)", "lrp": "ViT, ResNet, ConvNeXt, FastViT", "any": "any"}
     lines = [
         "| name | label in tables | what it computes | towers | cost per image | seed | output |",
         "| --- | --- | --- | --- | --- | --- | --- |",

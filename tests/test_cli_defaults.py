@@ -18,7 +18,7 @@ from PIL import Image
 
 from captum_clip import counteranimals
 from captum_clip.attr import CCI, IntegratedInteractions
-from captum_clip.attr import cci as cci_module
+from captum_clip.attr import _cci_settings as cci_module
 from captum_clip.benchmark import MethodSettings
 from captum_clip.benchmark.faithfulness import MetricSettings
 from captum_clip.cli import build_parser, main

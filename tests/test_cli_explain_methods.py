@@ -78,7 +78,8 @@ def test_registry_tower_claims_hold_on_a_convolutional_tower(conv_clf):
     clf = conv_clf
     x = torch.randn(1, 3, *clf.vision.image_size)
     works = runs_on(clf.vision)
-    assert works == tuple(n for n in METHOD_NAMES if METHODS[n].towers == "any")
+    # "any" methods and the LRP ones (a rule per layer type of the ResNet)
+    assert works == tuple(n for n in METHOD_NAMES if METHODS[n].towers in ("any", "lrp"))
     for name in METHOD_NAMES:
         if name in works:
             assert refusal(name, clf.vision) is None
@@ -90,6 +91,22 @@ def test_registry_tower_claims_hold_on_a_convolutional_tower(conv_clf):
             assert reason.endswith("run on it: " + ", ".join(works))
             with pytest.raises(ValueError, match="ViT"):
                 METHODS[name].make(clf)  # the class refuses too, not only the registry
+
+
+def test_registry_lrp_refusal_names_the_layer_types():
+    """A convolutional tower with a layer type that has no LRP rule: the registry refuses
+    the LRP methods with the class's own reason (what works included)."""
+
+    class Squares(torch.nn.Module):  # a user's own layer: no rule
+        def forward(self, x):
+            return x * x
+
+    tower = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), Squares())
+    vision = types.SimpleNamespace(module=tower, is_vit=False)
+    for name in [n for n in METHOD_NAMES if METHODS[n].towers == "lrp"]:
+        reason = refusal(name, vision)
+        assert reason.startswith(f"{name}: AttnLRP has no LRP rule for the module type(s)")
+        assert "Squares" in reason and "Registered methods that run on it: cci" in reason
 
 
 @pytest.mark.parametrize("name", [n for n in METHOD_NAMES if METHODS[n].towers == "vit"])
@@ -107,7 +124,7 @@ def test_explain_refuses_an_attention_method_on_a_conv_tower(
     assert line == (
         f"captum-clip explain: error: {name} reads the attention of a ViT vision tower; "
         "ModifiedResNet has none (it is not a ViT). Registered methods that run on it: "
-        "cci, gradcam, integrated-gradients, interactions"
+        "cci, attnlrp, attnlrp-cp, gradcam, integrated-gradients, interactions"
     )
     assert captured.out == "" and not out.exists()
 

@@ -1,5 +1,6 @@
 """Attribution methods for CLIP models, Captum-style."""
 
+from captum_clip.attr._conv_lrp import check_conv_lrp
 from captum_clip.attr._kmeans import cluster_grid
 from captum_clip.attr._phrases import phrase_positions
 from captum_clip.attr._region_games import check_regions, grid_regions, patch_partition
@@ -15,6 +16,7 @@ from captum_clip.attr.maskclip import MaskCLIP
 from captum_clip.attr.rollout import GradientRollout
 
 __all__ = [
+    "check_conv_lrp",
     "check_regions",
     "cluster_grid",
     "patch_partition",

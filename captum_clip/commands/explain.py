@@ -27,7 +27,7 @@ ESTIMATORS: tuple[str, ...] = (
 that building the parser imports nothing heavy."""
 EXACT: tuple[str, ...] = ("shapley", "banzhaf")
 """Estimators that evaluate all 2^K coalitions: K <= :data:`MAX_EXACT_K`."""
-MASK_MODES: tuple[str, ...] = ("auto", "attention", "pixel")  # captum_clip.attr.cci (tested)
+MASK_MODES: tuple[str, ...] = ("auto", "attention", "pixel")  # attr._cci_settings (tested)
 CCI_OPTIONS: tuple[str, ...] = ("n_clusters", "estimator", "mask_mode")
 """Options passed to ``CCI(clf, ...)`` only when given: unset, CCI's own defaults apply."""
 MAX_EXACT_K = 10  # captum_clip.attr._regions.MAX_EXACT_K (a test checks)

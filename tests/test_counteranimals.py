@@ -221,3 +221,29 @@ def test_cli_counteranimals_accuracy_matches_direct_classification(tmp_path, cap
     assert got["accuracy"]["common"] == pytest.approx(common.item(), abs=1e-3)  # 3 digits
     assert got["accuracy"]["counter"] == pytest.approx(counter.item(), abs=1e-3)
     assert len(__import__("pandas").read_csv(tmp_path / "r.csv")) == 12
+
+
+def test_cli_counteranimals_with_concept_masks_diagnoses(tmp_path, capsys):
+    """``--masks concepts`` is a mask source: the diagnosis split is printed and the table
+    gets the concept columns; SAM and concepts together are refused."""
+    import warnings
+
+    import pandas as pd
+
+    from captum_clip.cli import main
+
+    make_folder(tmp_path / "ca", names=["dots", "checks", "solid"])  # testbed vocabulary
+    words = tmp_path / "words.txt"
+    words.write_text("grass\nsky\nwater\n")
+    argv = ["counteranimals", str(tmp_path / "ca"), "--model", "testbed", "--masks", "concepts",
+            "--namer", "testbed", "--vocabulary", str(words), "--out", str(tmp_path / "r.csv"),
+            "--no-progress"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Diagnosis: region ablation" in text
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert {"driver", "concept_fallback", "shortcut_share"} <= set(table.columns)
+    assert main([*argv, "--sam-checkpoint", str(words)]) == 2
+    assert "give one mask source" in capsys.readouterr().err

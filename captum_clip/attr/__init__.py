@@ -4,6 +4,7 @@ from captum_clip.attr._conv_lrp import check_conv_lrp
 from captum_clip.attr._kmeans import cluster_grid
 from captum_clip.attr._phrases import phrase_positions
 from captum_clip.attr._region_games import check_regions, grid_regions, patch_partition
+from captum_clip.attr._region_scores import variant_scores
 from captum_clip.attr._regions import ESTIMATORS
 from captum_clip.attr.attnlrp import AttnLRP
 from captum_clip.attr.cci import CCI, CCIResult, ClusterConceptImportance
@@ -35,5 +36,6 @@ __all__ = [
     "ViTGradCam",
     "grid_regions",
     "phrase_positions",
+    "variant_scores",
     "vit_gradcam",
 ]

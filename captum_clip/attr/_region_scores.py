@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,8 @@ def variant_scores(
     Args:
         score: ``score(images, src) -> (rows,)``: the target score of a chunk of variant
             images; ``src`` holds the example index of each row (to pick targets and
-            additional forward arguments).
+            additional forward arguments). A ``(rows, ...)`` output (an embedding per row)
+            gives ``(B, V, ...)``.
         inputs: ``(B, C, H, W)`` images.
         hidden: ``(B, V, P)`` bool patch masks (``P = h * w``, row-major patch grid).
         valid: ``(B, V)`` bool, the variants to evaluate (default: all).
@@ -99,7 +101,7 @@ def variant_scores(
             ``True`` raises then.
 
     Returns:
-        ``(B, V)`` float32 scores, NaN where ``valid`` is False.
+        ``(B, V)`` (or ``(B, V, ...)``) float32 scores, NaN where ``valid`` is False.
     """
     if (vision is None) == (fill is None):
         raise ValueError("give exactly one of vision (attention mode) and fill (pixel mode)")
@@ -111,7 +113,7 @@ def variant_scores(
     src = src.to(inputs.device)
     n = src.shape[0]
     step = max(n, 1) if internal_batch_size is None else internal_batch_size
-    values = torch.empty(n, device=inputs.device)
+    values: Tensor | None = None
     if fill is not None:
         grid = _grid(p, grid)
         fill = torch.broadcast_to(fill, inputs.shape)
@@ -122,21 +124,35 @@ def variant_scores(
             if drop:
                 raise
         else:
-            out = torch.full((b, v), float("nan"), device=inputs.device)
-            out[valid.to(inputs.device)] = values
-            return out
+            return _placed(values, valid, b, v, inputs.device)
     for start in tqdm(range(0, n, step), desc="CCI", disable=not show_progress):
         rows = slice(start, start + step)
         idx = src[rows]
         if fill is None:
             with vision.hide_patches(rows_hidden[rows]):
-                values[rows] = score(inputs[idx], idx)
+                values = _stored(values, n, rows, score(inputs[idx], idx))
         else:
             m = rows_hidden[rows].reshape(-1, 1, *grid).to(inputs.dtype)
             m = F.interpolate(m, size=inputs.shape[-2:], mode="nearest").bool()
-            values[rows] = score(torch.where(m, fill[idx], inputs[idx]), idx)
-    out = torch.full((b, v), float("nan"), device=inputs.device)
-    out[valid.to(inputs.device)] = values
+            values = _stored(values, n, rows, score(torch.where(m, fill[idx], inputs[idx]), idx))
+    return _placed(values, valid, b, v, inputs.device)
+
+
+def _stored(values: Tensor | None, n: int, rows: Any, got: Tensor) -> Tensor:
+    """``values[rows] = got``, allocating the ``(n, ...)`` float32 rows at the first chunk
+    (the score's trailing shape: none for a scalar score, ``(D,)`` for an embedding)."""
+    if values is None:
+        values = torch.empty((n, *got.shape[1:]), device=got.device)
+    values[rows] = got
+    return values
+
+
+def _placed(values: Tensor | None, valid: Tensor, b: int, v: int, device: Any) -> Tensor:
+    """The rows back in their ``(B, V, ...)`` places, NaN where not ``valid``."""
+    trailing = () if values is None else tuple(values.shape[1:])
+    out = torch.full((b, v, *trailing), float("nan"), device=device)
+    if values is not None:
+        out[valid.to(device)] = values
     return out
 
 
@@ -148,10 +164,12 @@ def _dropped_scores(
     vision: VisionTower,
     step: int,
     show_progress: bool,
-) -> Tensor:
-    """Scores of masked rows run on their kept patches, grouped by the number kept."""
+) -> Tensor | None:
+    """Scores of masked rows run on their kept patches, grouped by the number kept (None
+    without rows)."""
     n_keep = (~rows_hidden).sum(1)
-    values = torch.empty(rows_hidden.shape[0], device=inputs.device)
+    n = rows_hidden.shape[0]
+    values: Tensor | None = None
     counts = torch.unique(n_keep).tolist()
     for count in tqdm(counts, desc="CCI", disable=not show_progress):
         rows = (n_keep == count).nonzero().flatten()
@@ -160,11 +178,11 @@ def _dropped_scores(
             idx = src[part]
             if count == 0:  # nothing kept: masking defines the empty pooling
                 with vision.hide_patches(rows_hidden[part]):
-                    values[part] = score(inputs[idx], idx)
+                    values = _stored(values, n, part, score(inputs[idx], idx))
                 continue
             keep = (~rows_hidden[part]).nonzero()[:, 1].reshape(part.shape[0], count)
             with vision.keep_patches(keep):
-                values[part] = score(inputs[idx], idx)
+                values = _stored(values, n, part, score(inputs[idx], idx))
     return values
 
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from captum_clip._hooks import preserve_model_state
 from captum_clip._validate import check_images
-from captum_clip.attr import patch_partition
+from captum_clip.attr import patch_partition, variant_scores
 from captum_clip.concepts.vocabulary import check_vocabulary, encodable
 from captum_clip.models.adapter import ClipAdapter
 from captum_clip.models.heads import tokenize
@@ -285,47 +285,24 @@ class Namer:
         return dropped < n * p + chunks * CALL_ROWS * p
 
     def _isolated(self, images: Tensor, member: Tensor) -> Tensor:
-        b, r, p = member.shape
-        src, reg = member.any(-1).nonzero(as_tuple=True)
-        keep_rows = member[src, reg]
-        out_rows: Tensor | None = None
-        vision = self.vision
-        if vision.is_vit and not self._drops(keep_rows):
-            for start in range(0, src.shape[0], self.batch_size):
-                part = slice(start, start + self.batch_size)
-                with vision.hide_patches(~keep_rows[part]):
-                    e = self.adapter.encode_image(images[src[part]]).float()
-                if out_rows is None:
-                    out_rows = torch.empty(src.shape[0], e.shape[-1], device=images.device)
-                out_rows[part] = e
-        elif vision.is_vit:
-            counts = keep_rows.sum(1)
-            for count in torch.unique(counts).tolist():
-                rows = (counts == count).nonzero().flatten()
-                for start in range(0, rows.shape[0], self.batch_size):
-                    part = rows[start : start + self.batch_size]
-                    keep = keep_rows[part].nonzero()[:, 1].reshape(part.shape[0], count)
-                    with vision.keep_patches(keep):
-                        e = self.adapter.encode_image(images[src[part]]).float()
-                    if out_rows is None:
-                        out_rows = torch.empty(src.shape[0], e.shape[-1], device=images.device)
-                    out_rows[part] = e
-        else:
-            h, w = images.shape[-2:]
-            for start in range(0, src.shape[0], self.batch_size):
-                part = slice(start, start + self.batch_size)
-                keep = keep_rows[part].reshape(-1, 1, h, w)
-                x = torch.where(keep, images[src[part]], torch.zeros((), dtype=images.dtype))
-                e = self.adapter.encode_image(x).float()
-                if out_rows is None:
-                    out_rows = torch.empty(src.shape[0], e.shape[-1], device=images.device)
-                out_rows[part] = e
-        if out_rows is None:  # no region anywhere: NaN rows of the embedding width
+        """``(B, R, D)`` unnormalised embeddings of each region shown alone (NaN rows for
+        absent regions): CCI's masked-variant machinery with the embedding as the score."""
+        valid = member.any(-1)
+        if not valid.any():  # no region anywhere: NaN rows of the embedding width
             dim = self.adapter.encode_image(images[:1]).shape[-1]
-            return torch.full((b, r, dim), float("nan"), device=images.device)
-        emb = torch.zeros(b, r, out_rows.shape[-1], device=images.device)
-        emb[src, reg] = out_rows
-        return emb
+            return torch.full((*member.shape[:2], dim), float("nan"), device=images.device)
+
+        def embed(x: Tensor, src: Tensor) -> Tensor:
+            return self.adapter.encode_image(x).float()
+
+        if self.vision.is_vit:
+            drop = None if self._drops(member[valid]) else False
+            kw: dict[str, Any] = {"vision": self.vision, "drop": drop}
+        else:  # every other pixel at the mean colour (0 in normalised space)
+            kw = {"fill": torch.zeros((), dtype=images.dtype), "grid": tuple(images.shape[-2:])}
+        return variant_scores(
+            embed, images, ~member, valid, internal_batch_size=self.batch_size, **kw
+        )
 
 
 def value_path(tower: Any, images: Tensor) -> Tensor:

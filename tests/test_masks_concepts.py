@@ -178,3 +178,16 @@ def test_masks_do_not_depend_on_the_batch_split(models):
         whole = provider(x, names)
         parts = torch.cat([provider(x[i : i + 3], names[i : i + 3]) for i in range(0, len(x), 3)])
     assert torch.equal(whole, parts)
+
+
+def test_unencodable_words_are_warned_about_once_per_provider(models):
+    """Called once per batch (as diagnose does), the provider names the skipped words once."""
+    out, scenes, x = models
+    provider = ConceptMasks(out["default"][0], CONTEXT + ["zebra"], evidence=False)
+    names = [CLASS_NAMES[int(c)] for c in scenes.labels]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        provider(x[:3], names[:3])
+        provider(x[3:6], names[3:6])
+    skipped = [w for w in caught if "cannot encode" in str(w.message)]
+    assert len(skipped) == 1 and "'zebra'" in str(skipped[0].message)

@@ -132,6 +132,7 @@ class Namer:
         self.batch_size = batch_size
         self.mean, self.std = _normalisation(preprocess)
         self._text: dict[str, Tensor] = {}
+        self._encodable: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ towers
     @property
@@ -157,9 +158,10 @@ class Namer:
 
     # ------------------------------------------------------------------ words
     def encodable(self, words: Sequence[str]) -> list[str]:
-        """``words`` the tokenizer can encode in every template (others warned about)."""
+        """``words`` the tokenizer can encode in every template (others warned about, once
+        per namer: the answers are kept)."""
         context = getattr(self.adapter.text, "context_length", None)
-        return encodable(words, self.templates, self.tokenizer, context)
+        return encodable(words, self.templates, self.tokenizer, context, self._encodable)
 
     @torch.no_grad()
     def text_embeddings(self, words: Sequence[str]) -> Tensor:

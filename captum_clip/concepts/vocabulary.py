@@ -159,6 +159,7 @@ def encodable(
     templates: Sequence[str],
     tokenizer: Callable,
     context_length: int | None = None,
+    known: dict[str, bool] | None = None,
 ) -> list[str]:
     """The words every template encodes; the others are dropped with one ``UserWarning``.
 
@@ -166,13 +167,21 @@ def encodable(
     knows only its own words), maps part of it to an unknown token (Hugging Face
     tokenizers) or needs more than ``context_length`` tokens in some template.
 
+    Args:
+        known: ``{word: encodable}`` of words checked before (updated in place): they are
+            neither tokenized nor warned about again -- a namer called once per batch warns
+            once.
+
     Raises:
         ValueError: No word is left.
     """
-    kept, dropped = [], []
-    for w in words:
-        ok = all(_fits(tokenizer, t.format(w), context_length) for t in templates)
-        (kept if ok else dropped).append(w)
+    known = {} if known is None else known
+    dropped = []
+    for w in dict.fromkeys(words):
+        if w not in known:
+            known[w] = all(_fits(tokenizer, t.format(w), context_length) for t in templates)
+            if not known[w]:
+                dropped.append(w)
     if dropped:
         shown = ", ".join(repr(w) for w in dropped[:20]) + (" ..." if len(dropped) > 20 else "")
         warnings.warn(
@@ -181,6 +190,7 @@ def encodable(
             UserWarning,
             stacklevel=3,
         )
+    kept = [w for w in words if known[w]]
     if not kept:
         raise ValueError(
             f"no vocabulary word can be encoded by this tokenizer with the templates "

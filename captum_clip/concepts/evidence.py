@@ -30,6 +30,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor
 
+from captum_clip._validate import check_target
 from captum_clip.concepts.namer import as_namer
 from captum_clip.concepts.naming import NamedRegions, name_with, pixel_regions
 from captum_clip.concepts.vocabulary import resolve_vocabulary
@@ -74,6 +75,7 @@ def shortcut_evidence(
     input_mean: Sequence[float] | None = OPENAI_DATASET_MEAN,
     input_std: Sequence[float] | None = OPENAI_DATASET_STD,
     random_state: int = 0,
+    own_namer: Any = None,
 ) -> ShortcutEvidence:
     """Shortcut evidence per image (module docstring).
 
@@ -91,6 +93,8 @@ def shortcut_evidence(
         n_clusters: K of the default regions.
         input_mean, input_std: As in :func:`~captum_clip.concepts.name_regions`.
         random_state: Seed of the default regions' k-means.
+        own_namer: The explained model as a :class:`~captum_clip.concepts.Namer` (default:
+            made from ``forward_func``); pass one to keep its word caches across calls.
     """
     from captum_clip.attr.cci import CCI
 
@@ -101,11 +105,11 @@ def shortcut_evidence(
             f"{type(forward_func).__name__}"
         )
     classes = [str(c) for c in classes]
-    with torch.no_grad():
-        pred = forward_func(images).argmax(1)
-    from captum_clip._validate import check_target
-
-    tgt = pred if target is None else check_target(target, images.shape[0], len(classes))
+    if target is None:
+        with torch.no_grad():
+            tgt = forward_func(images).argmax(1)
+    else:
+        tgt = check_target(target, images.shape[0], len(classes))
     tgt = tgt.to(images.device)
     if regions is None:
         cci = CCI(forward_func, n_clusters=n_clusters, random_state=random_state)
@@ -114,7 +118,8 @@ def shortcut_evidence(
     if weights is None:
         raise ValueError("shortcut_evidence needs CCI regions (their shares of the decision)")
     words = resolve_vocabulary(vocabulary, classes)
-    own_namer, ref_namer = as_namer(forward_func), as_namer(reference)
+    own_namer = as_namer(forward_func if own_namer is None else own_namer)
+    ref_namer = as_namer(reference)
     own = name_with(
         own_namer, images, labels, own_namer.encodable(words), weights, 3, input_mean, input_std
     )
@@ -124,15 +129,11 @@ def shortcut_evidence(
     names = [classes[i] for i in tgt.tolist()]
     lower = {c.lower() for c in classes}
     b, r = own.share.shape
-    flag = torch.zeros(b, r, dtype=torch.bool)
-    for i, (own_i, ref_i) in enumerate(zip(own.best, ref.best)):
-        for k, (a, z) in enumerate(zip(own_i, ref_i)):
-            flag[i, k] = (
-                a is not None and z is not None and a == names[i] and z.lower() not in lower
-            )
     context = torch.tensor(
         [[z is not None and z.lower() not in lower for z in row] for row in ref.best]
     ).reshape(b, r)
+    reads_pred = torch.tensor([[a == n for a in row] for row, n in zip(own.best, names)])
+    flag = reads_pred.reshape(b, r) & context
     idx = torch.tensor([own.vocabulary.index(c) for c in names]).view(b, 1, 1)
     p_pred = torch.nan_to_num(own.probs, nan=0.0).gather(2, idx.expand(b, r, 1))[..., 0]
     pos = torch.nan_to_num(own.share, nan=0.0).clamp_min(0)

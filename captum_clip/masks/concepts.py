@@ -105,6 +105,7 @@ class ConceptMasks:
         self.random_state = random_state
         self.last_fallback: Tensor | None = None
         self.last_named = None
+        self._own: tuple[Any, Any] | None = None  # the explained model's Namer (evidence)
 
     def __repr__(self) -> str:
         return (
@@ -172,9 +173,11 @@ class ConceptMasks:
     def shortcut_evidence(self, forward_func: Any, images: Tensor, target: Tensor) -> Tensor:
         """``(B,)`` :func:`~captum_clip.concepts.shortcut_evidence` of ``forward_func``'s
         decisions for ``target``, with this provider's namer as the reference."""
+        if self._own is None or self._own[0] is not forward_func:  # one namer per model
+            self._own = (forward_func, as_namer(forward_func))
         ev = shortcut_evidence(
             forward_func, images, self.namer, self.vocabulary, target=target,
             n_clusters=EVIDENCE_K, input_mean=self.input_mean, input_std=self.input_std,
-            random_state=self.random_state,
+            random_state=self.random_state, own_namer=self._own[1],
         )  # fmt: skip
         return ev.share

@@ -122,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=None, help="registered names (default: all)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
     p.add_argument("--docs-only", action="store_true",
-                   help="only rewrite the documents from OUT/scorecard.json")  # fmt: skip
+                   help="only rewrite OUT/scorecard.md and the documents from OUT/scorecard.json")  # fmt: skip
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the documents")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / "scorecard.json"
     if args.docs_only:
-        for path in write_documents(json.loads(json_path.read_text())):
+        data = json.loads(json_path.read_text())
+        (args.out / "scorecard.md").write_text(markdown(data, data["command"]))
+        print(f"wrote {args.out / 'scorecard.md'}")
+        for path in write_documents(data):
             print(f"wrote {path}")
         return 0
     torch.set_num_threads(1)
@@ -137,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     table = run_scorecard(settings, args.variants, args.methods, not args.no_progress)
     summary = summarise(table)
+    given = argv if argv is not None else sys.argv[1:]
+    command = " ".join(["python benchmarks/scorecard.py", *given])
     data = {
+        "command": command,
         "settings": settings_dict(settings),
         "device": "cpu",
         "torch": torch.__version__,
@@ -145,12 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": (time.perf_counter() - t0) / 60,
         "summary": summary.reset_index().to_dict(orient="records"),
     }
-    command = "python benchmarks/scorecard.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
     table.to_csv(args.out / "scorecard.csv", index=False)
     json_path.write_text(json.dumps(data, indent=1, allow_nan=True) + "\n")
-    text = markdown(data, command.strip())
+    text = markdown(data, data["command"])
     (args.out / "scorecard.md").write_text(text)
     print(text)
     print(f"wrote {args.out / 'scorecard.md'}, {json_path}, {args.out / 'scorecard.csv'}")

@@ -110,15 +110,19 @@ def _channel_sum(explain: Callable[..., Tensor]) -> Callable[..., Tensor]:
     return run
 
 
-def _explainer(name: str, clf: Any, **options: Any) -> Callable[[Tensor, Any], Tensor]:
-    """``(images, target) -> (B, 3, H, W)`` of registered method ``name`` (or the control)."""
-    from captum_clip.methods import build, pixel_map
+def _explainer(
+    name: str, clf: Any, call: dict[str, Any] | None = None, **options: Any
+) -> Callable[[Tensor, Any], Tensor]:
+    """``(images, target) -> (B, 3, H, W)`` of registered method ``name`` (or the control);
+    ``call`` goes to ``attribute`` of pixel methods (e.g. ``internal_batch_size``)."""
+    from captum_clip.methods import build, get_method, pixel_map
     from captum_clip.metrics.trust import edge_map
 
     if name == CONTROL:
         return edge_map
     method = build(name, clf, **options)
-    return lambda x, t: pixel_map(name, method, clf, x, t)
+    kwargs = dict(call or {}) if get_method(name).output == "pixels" else {}
+    return lambda x, t: pixel_map(name, method, clf, x, t, **kwargs)
 
 
 def _rebuilt(clf: Any, model: Any) -> Any:
@@ -145,12 +149,34 @@ def trust_scores(
         images: ``(B, 3, H, W)`` normalised images.
         targets: ``(B,)`` explained classes.
         name: A registered method name (:mod:`captum_clip.methods`) or :data:`CONTROL`.
-        settings: See :class:`ScorecardSettings`.
+        settings: See :class:`ScorecardSettings` (images are scored ``chunk_size`` at a
+            time, and methods get ``internal_batch_size=chunk_size``: memory stays that of
+            a chunk however many images are given).
 
     Returns:
         One row per image, columns ``randomisation``, ``random_logit``, ``sensitivity``,
         ``stability`` (NaN for methods without a seed) and ``sparseness``.
     """
+    from captum_clip._validate import check_target
+    from captum_clip.methods import get_method
+
+    s = settings or ScorecardSettings()
+    if name != CONTROL:
+        get_method(name)  # unknown names: ValueError listing the registered ones
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (B, 3, H, W) tensor, got {got}")
+    targets = check_target(targets, images.shape[0], len(clf.class_names))
+    parts = [
+        _trust_chunk(clf, images[i : i + s.chunk_size], targets[i : i + s.chunk_size], name, s)
+        for i in range(0, images.shape[0], s.chunk_size)
+    ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _trust_chunk(
+    clf: Any, images: Tensor, targets: Tensor, name: str, s: ScorecardSettings
+) -> pd.DataFrame:
     from captum.metrics import sensitivity_max
 
     from captum_clip.methods import get_method
@@ -161,24 +187,27 @@ def trust_scores(
         sparseness,
     )
 
-    s = settings or ScorecardSettings()
     stochastic = name != CONTROL and get_method(name).stochastic
-    explain = _channel_sum(_explainer(name, clf))
+    batch = {"internal_batch_size": s.chunk_size}
+
+    def explainer(c: Any, **options: Any) -> Callable[..., Any]:
+        return _channel_sum(_explainer(name, c, batch, **options))
+
+    explain = explainer(clf)
     maps = explain(images, targets)
     steps = model_randomisation(
-        lambda m: explain if m is clf.model else _channel_sum(_explainer(name, _rebuilt(clf, m))),
+        lambda m: explain if m is clf.model else explainer(_rebuilt(clf, m)),
         clf.model,
         images,
         targets,
         seed=s.randomisation_seed,
     )
     last = str(len(steps) - 1)
-    n_classes = len(clf.class_names)
     logit = random_logit(
         explain,
         images,
         targets,
-        n_classes,
+        len(clf.class_names),
         attributions=maps,
         similarity="spearman",
         seed=s.logit_seed,
@@ -196,7 +225,7 @@ def trust_scores(
     stability = torch.full((b,), float("nan"), dtype=torch.float64)
     if stochastic:
         stability = seed_stability(
-            lambda seed: _channel_sum(_explainer(name, clf, random_state=seed)),
+            lambda seed: explainer(clf, random_state=seed),
             images,
             targets,
             seeds=s.stability_seeds,

@@ -99,9 +99,15 @@ def markdown(data: dict, command: str) -> str:
         "",
         blocks["tables"],
         "",
-        "## What the table says",
+        "## Per question",
+        "",
+        blocks["questions"].replace("](../benchmarks/results/scorecard.md)", "](scorecard.md)"),
+        "",
+        "## Leaders per column",
         "",
         blocks["guide"].replace("](../benchmarks/results/scorecard.md)", "](scorecard.md)"),
+        "",
+        "Which method when, read from this table: [docs/choosing.md](../../docs/choosing.md).",
         "",
     ]
     return "\n".join(lines)

@@ -375,6 +375,41 @@ def _fmt(frame: pd.DataFrame, method: str, col: str, digits: int = 3) -> str:
     return _cell(frame.loc[method, col], frame.loc[method].get(f"{col}_sd"), digits)
 
 
+#: (question, scorecard columns that answer it) of the guide's table.
+QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Which pixels does the score rest on?", ("deletion_prob", "insertion_prob", "road")),
+    ("Which patches / regions does it rest on?", ("deletion_prob_patch", "insertion_prob")),
+    ("Is the model looking at the object?", ("pointing", "mask_share")),
+    ("Does the map depend on the model and the class at all?", ("randomisation", "random_logit")),
+    ("Does the map survive small input noise?", ("sensitivity",)),
+    ("Many images, little time?", ("seconds_per_image", "deletion_prob_patch", "insertion_prob")),
+)
+
+
+def mean_ranks(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """Mean rank of every method (the control excluded) over ``columns`` and all models,
+    1 = best (each column ranked in its own direction), best first."""
+    lower = {c: low for c, _, low, _ in SCORECARD_COLUMNS}
+    ranks = []
+    for model in _models(summary):
+        frame = summary.loc[model].drop(index=[CONTROL], errors="ignore")
+        for col in columns:
+            ranks.append(frame[col].rank(ascending=lower[col], method="average"))
+    return pd.concat(ranks, axis=1).mean(axis=1).sort_values(kind="stable")
+
+
+def question_table(summary: pd.DataFrame) -> str:
+    """The guide's table: per question, the methods by mean rank over its columns."""
+    headers = {c: h for c, h, _, _ in SCORECARD_COLUMNS}
+    lines = ["| question | columns | first | second | third |", "| --- | --- | --- | --- | --- |"]
+    for question, columns in QUESTIONS:
+        r = mean_ranks(summary, columns)
+        top = [f"`{m}` ({v:.1f})" for m, v in r.head(3).items()]
+        cols = ", ".join(headers[c] for c in columns)
+        lines.append(f"| {question} | {cols} | " + " | ".join(top) + " |")
+    return "\n".join(lines)
+
+
 def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[str, str]:
     """The passages of the README and the docs written from the scorecard (a test checks
     that the documents hold exactly these): ``{block name: markdown}``."""
@@ -383,12 +418,12 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
     where = (f"{n_scenes} held-out scenes per seed, {n_seeds} scene seeds, mean ± sd over "
              "the seeds")  # fmt: skip
 
+    names = " / ".join(f"`{m}`" for m in models)
+
     def ranks(method: str, col: str, lower: bool) -> str:
-        parts = []
-        for m in models:
-            r, n = _rank(summary.loc[m], col, lower, method)
-            parts.append(f"{r} of {n} on `{m}` ({_fmt(summary.loc[m], method, col)})")
-        return "; ".join(parts)
+        got = [_rank(summary.loc[m], col, lower, method) for m in models]
+        values = " / ".join(_fmt(summary.loc[m], method, col) for m in models)
+        return f"{' / '.join(str(r) for r, _ in got)} of {got[0][1]} ({values})"
 
     def leader(col: str, lower: bool) -> str:
         parts = []
@@ -411,21 +446,23 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
             "methods below the control)"
         )
     blocks = {}
+    cci_ranks = (
+        f"ranks {ranks('cci', 'deletion_prob_patch', True)} on whole-patch deletion, "
+        f"{ranks('cci', 'insertion_prob', False)} on insertion and "
+        f"{ranks('cci', 'deletion_prob', True)} on pixel deletion ({names})"
+    )
     blocks["readme"] = (
-        f"How the registered methods compare on the bundled models ({where}; "
-        f"{src}): the default "
-        f"`CCI(clf)` ranks {ranks('cci', 'deletion_prob', True)} on deletion and "
-        f"{ranks('cci', 'insertion_prob', False)} on insertion. Lowest deletion: "
-        f"{leader('deletion_prob', True)}; highest insertion: "
-        f"{leader('insertion_prob', False)}; most of the map on the object: "
-        f"{leader('mask_share', False)}. Which one to use when: "
-        "[`docs/choosing.md`](docs/choosing.md)."
+        f"On the bundled models ({where}; {src}), per question the registered methods "
+        "by their mean rank over the columns that answer it (1.0: first in every column on "
+        "both models):\n\n"
+        + question_table(summary)
+        + f"\n\nThe default `CCI(clf)` {cci_ranks}; what only it gives is the region, "
+        "a whole concept, named in words ([`docs/concepts.md`](docs/concepts.md)). Which "
+        "method when, and why: [`docs/choosing.md`](docs/choosing.md)."
     )
     docs_src = src.replace("](benchmarks", "](../benchmarks")
     blocks["cci"] = (
-        f"On the bundled models ({where}; {docs_src}) the default ranks "
-        f"{ranks('cci', 'deletion_prob', True)} on deletion and "
-        f"{ranks('cci', 'insertion_prob', False)} on insertion among the registered methods."
+        f"Among the registered methods at their defaults ({where}; {docs_src}) it {cci_ranks}."
     )
     blocks["peers"] = (
         f"Every registered method at its Python defaults ({where}; {docs_src}; the default "
@@ -472,6 +509,11 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
         + "."
     )
     blocks["guide"] = "\n".join(lines)
+    blocks["questions"] = (
+        f"Measured on the bundled models ({where}; {docs_src}); a method's mean rank over "
+        "the columns and both models (1.0: first everywhere; the control is not ranked):"
+        "\n\n" + question_table(summary)
+    )
     blocks["tables"] = "\n\n".join(f"### `{m}`\n\n" + scorecard_table(summary, m) for m in models)
     return blocks
 

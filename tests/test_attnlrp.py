@@ -183,3 +183,25 @@ def test_hooks_removed_after_exception_and_bad_input(monkeypatch):
         AttnLRP(clf, attention="softmax")
     with pytest.raises(ValueError, match="additional_forward_args"):
         lrp.attribute(torch.randn(1, 3, 32, 32), target=0, additional_forward_args=(1,))
+
+
+@pytest.mark.parametrize("attention", ["attnlrp", "cp"])
+def test_chunked_equals_unchunked_on_the_testbed_model(attention):
+    """Internal batches only bound memory: the maps of 10 images by the default chunks
+    (8 + 2) and in chunks of 3 (the last one smaller) equal those of all 10 at once."""
+    from captum_clip.attr.attnlrp import DEFAULT_INTERNAL_BATCH_SIZE
+    from captum_clip.models import load_clip
+    from captum_clip.testbed import shapes
+
+    model, _, tok = load_clip("testbed")
+    clf = ClipClassifier(model, tok, list(shapes.CLASS_NAMES), templates=("a photo of {}",))
+    x = shapes.normalize(shapes.generate_scenes(10, seed=3, size=64).images)
+    target = [i % len(shapes.CLASS_NAMES) for i in range(10)]
+    lrp = AttnLRP(clf, attention=attention)
+    whole = lrp.attribute(x, target=target, internal_batch_size=None)
+    assert whole.abs().sum() > 0 and 1 < DEFAULT_INTERNAL_BATCH_SIZE < len(x)
+    for chunked in (
+        lrp.attribute(x, target=target),
+        lrp.attribute(x, target=target, internal_batch_size=3),
+    ):
+        torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)

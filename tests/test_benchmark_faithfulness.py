@@ -14,9 +14,10 @@ from captum_clip.benchmark import (
     MethodSettings,
     MetricSettings,
     build_method,
-    cci_comparison,
     evaluate,
     markdown_report,
+    reference_comparison,
+    reference_method,
     slic_superpixels,
 )
 from captum_clip.diagnosis import causal_agreement
@@ -235,13 +236,32 @@ def test_report_and_cli_defaults(clf, data):
     x, masks = data
     mt = MetricSettings(n_steps=2, road_percentages=(50,))
     res = evaluate(clf, x, None, masks, methods=["CCI", "Saliency"], metric_settings=mt)
-    cmp = cci_comparison(res)
+    cmp = reference_comparison(res)
     t = res.table.pivot(index="image", columns="method", values="deletion_prob")
     share = ((t["CCI"] < t["Saliency"]) + 0.5 * (t["CCI"] == t["Saliency"])).mean()
-    assert cmp.loc["Saliency", "cci_better_share"] == pytest.approx(share)
+    assert cmp.loc["Saliency", "reference_better_share"] == pytest.approx(share)
+    assert reference_method([res]) == "CCI"
     text = markdown_report([res], "cmd --x", ["setting A"])
     assert "Command: `cmd --x`" in text and "- setting A" in text
     assert "| CCI rank |" in text and "Saliency" in text
+
+
+def test_reference_without_cci(clf, data):
+    """Without CCI the reference is the first method of the run that every model ran."""
+    x, masks = data
+    mt = MetricSettings(n_steps=2, road_percentages=(50,))
+    both = evaluate(clf, x, None, masks, methods=["Saliency", "InputXGradient"], metric_settings=mt)
+    one = evaluate(clf, x, None, masks, methods=["InputXGradient"], metric_settings=mt)
+    assert reference_method([both]) == "Saliency"
+    assert reference_method([both, one]) == "InputXGradient"
+    cmp = reference_comparison(both, "insertion_prob", reference="InputXGradient")
+    t = both.table.pivot(index="image", columns="method", values="insertion_prob")
+    assert cmp.loc["Saliency", "reference_mean"] == pytest.approx(t["InputXGradient"].mean())
+    with pytest.raises(ValueError, match="no 'CCI' rows; its methods"):
+        reference_comparison(both)
+    text = markdown_report([both, one], "cmd", [])
+    assert "InputXGradient vs every method" in text and "time ÷ InputXGradient" in text
+    assert "| InputXGradient rank |" in text and "| 1 of 1 |" in text
 
 
 def test_cli_folder_end_to_end(tmp_path):
@@ -278,3 +298,51 @@ def test_cli_folder_end_to_end(tmp_path):
     assert "testbed:default (2 images)" in text and "| CCI |" in text
     assert "**CCI**" not in text  # only best values are bold, never a method name
     assert (tmp_path / "res_testbed-default.png").is_file()
+
+
+def test_cli_testbed_without_cci(tmp_path):
+    """Without CCI the report compares with the first requested method, and its numbers are
+    the per-image table's means."""
+    import pandas as pd
+
+    from captum_clip.cli import main
+
+    pytest.importorskip("safetensors")
+    from captum_clip.testbed.zoo import weights_path
+
+    if not weights_path("default").is_file():
+        pytest.skip("bundled testbed weights missing")
+    out, csv = tmp_path / "res.md", tmp_path / "res.csv"
+    rc = main(
+        [
+            "faithfulness", "testbed", "--variants", "default", "--n", "2",
+            "--methods", "rollout", "attnlrp", "--n-steps", "2", "--road-percentages", "50",
+            "--out", str(out), "--csv", str(csv), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    text, table = out.read_text(), pd.read_csv(csv)
+    ref, other = "GradientRollout", "AttnLRP"  # the first requested method is the reference
+    assert "CCI" not in text[text.index("\n## ") :]  # the settings lines name every method
+    assert f"## Deletion AUC (probability, lower is better): {ref} vs every method" in text
+    assert f"| {ref} rank |" in text and f"time ÷ {ref}" in text
+    means = table.groupby("method")["deletion_prob"].mean()
+    t = table.pivot(index="image", columns="method", values="deletion_prob")
+    share = ((t[ref] < t[other]) + 0.5 * (t[ref] == t[other])).mean()
+    headline = text.split("-- pixels replaced by the mean colour")[1]
+    for m in (ref, other):
+        row = next(r for r in headline.splitlines() if r.startswith(f"| {m} |"))
+        assert row.split("|")[2].strip().strip("*").startswith(f"{means[m]:.3f}")
+    assert f"({100 * share:.0f} %)" in headline.split(f"| {other} |")[1].splitlines()[0]
+    section = text.split("## testbed:default (2 images)")[1]
+    header = next(r for r in section.splitlines() if r.startswith("| method |"))
+    cols = [c.strip() for c in header.split("|")]
+    for m in (ref, other):
+        row = [c.strip().strip("*") for c in next(
+            r for r in section.splitlines() if r.startswith(f"| {m} |")
+        ).split("|")]  # fmt: skip
+        for column, name in (("deletion_prob", "del. AUC prob ↓"), ("mask_share", "mask share ↑")):
+            mean = table.groupby("method")[column].mean()[m]
+            assert row[cols.index(name)] == f"{mean:.3f}"
+    ref_row = next(r for r in section.splitlines() if r.startswith(f"| {ref} |"))
+    assert ref_row.split("|")[cols.index(f"time ÷ {ref}")].strip() == "1.00"

@@ -69,9 +69,12 @@ from captum_clip.models.adapter import resolve_tower
 from captum_clip.models.blocks import trace_blocks
 from captum_clip.models.conv import ConvTower
 
-__all__ = ["ATTENTION_RULES", "AttnLRP", "lrp_module_rules"]
+__all__ = ["ATTENTION_RULES", "DEFAULT_INTERNAL_BATCH_SIZE", "AttnLRP", "lrp_module_rules"]
 
 ATTENTION_RULES = ("attnlrp", "cp")
+#: Images per backward pass unless ``internal_batch_size`` says otherwise: bounds host
+#: memory (it grows with the images processed at once), the maps do not change.
+DEFAULT_INTERNAL_BATCH_SIZE = 8
 _ACTIVATIONS = ("gelu", "silu", "swish", "relu", "tanh", "sigmoid", "mish", "activation")
 
 
@@ -155,7 +158,9 @@ class AttnLRP(CaptumConformance, GradientAttribution):
     LayerNorm as above, the attention rule of ``attention`` in attention pools and
     FastViT's attention stage); the tower runs in eval mode (restored afterwards).
 
-    One forward and one backward pass per image (no parameter gradients kept).
+    One forward and one backward pass per image (no parameter gradients kept), 8 images
+    at a time unless ``internal_batch_size`` says otherwise (memory grows with the images
+    in one backward pass; the maps do not depend on it).
 
     Args:
         forward_func: A ClipClassifier / ClipSimilarity, or any callable with
@@ -260,7 +265,7 @@ class AttnLRP(CaptumConformance, GradientAttribution):
         inputs: Tensor,
         target: Any = None,
         additional_forward_args: Any = None,
-        internal_batch_size: int | None = None,
+        internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
         show_progress: bool = False,
     ) -> Tensor:
         """Pixel relevance ``(B, 3, H, W)`` of the target score.
@@ -271,6 +276,11 @@ class AttnLRP(CaptumConformance, GradientAttribution):
                 None with a single text embedding.
             additional_forward_args: Must be None (the tower is read directly).
             internal_batch_size: Process at most this many images at once (None: all).
+                The backward keeps every block's activations and attention maps of the
+                images it processes: about 0.25 GB of host memory per image for a
+                ViT-B-16 (32 images at once: 8.0 GB above the model; 8 at once: 2.2 GB,
+                no slower on the CPU; ``benchmarks/results/lrp_memory.md``), hence the
+                default 8. The maps do not depend on it.
             show_progress: Show a tqdm bar over the internal batches.
         """
         if additional_forward_args is not None:

@@ -21,7 +21,12 @@ from captum_clip.benchmark.methods import (
     build_method,
     slic_superpixels,
 )
-from captum_clip.benchmark.report import cci_comparison, markdown_report, save_curve_plots
+from captum_clip.benchmark.report import (
+    markdown_report,
+    reference_comparison,
+    reference_method,
+    save_curve_plots,
+)
 
 __all__ = [
     "METHODS",
@@ -32,10 +37,11 @@ __all__ = [
     "MetricSettings",
     "available_variants",
     "build_method",
-    "cci_comparison",
     "evaluate",
     "load_folder",
     "markdown_report",
+    "reference_comparison",
+    "reference_method",
     "run_folder",
     "run_testbed",
     "save_curve_plots",

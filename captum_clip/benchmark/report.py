@@ -11,7 +11,13 @@ import pandas as pd
 
 from captum_clip.benchmark.faithfulness import FaithfulnessResult
 
-__all__ = ["cci_comparison", "markdown_report", "save_curve_plots", "slug"]
+__all__ = [
+    "markdown_report",
+    "reference_comparison",
+    "reference_method",
+    "save_curve_plots",
+    "slug",
+]
 
 REFERENCE = "CCI"
 COLUMNS = (  # (column, header, lower is better)
@@ -43,38 +49,61 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "-
     return "\n".join(lines)
 
 
-def cci_comparison(result: FaithfulnessResult, column: str = "deletion_prob") -> pd.DataFrame:
-    """Per method: mean ``column``, CCI's mean, and the share of images where CCI is better.
+def reference_method(results: Sequence[FaithfulnessResult]) -> str:
+    """The method every other is compared with: CCI when every result has it, else the
+    first method of the run (the order of ``--methods`` / ``evaluate(methods=...)``) that
+    every result has, else the first result's first method."""
+    summaries = [r.summary() for r in results]
+    methods = list(dict.fromkeys(m for s in summaries for m in s.index))
+    common = [m for m in methods if all(m in s.index for s in summaries)]
+    if REFERENCE in common:
+        return REFERENCE
+    return common[0] if common else methods[0]
+
+
+def reference_comparison(
+    result: FaithfulnessResult, column: str = "deletion_prob", reference: str = REFERENCE
+) -> pd.DataFrame:
+    """Per method: mean ``column``, the reference's mean, and the share of images where the
+    reference is better (ties count half).
 
     For deletion columns lower is better; for the others higher is better.
+
+    Args:
+        result: One model's benchmark result.
+        column: A per-image column of ``result.table``.
+        reference: The method compared with (default CCI; see :func:`reference_method`).
+
+    Returns:
+        One row per method: ``mean``, ``reference_mean``, ``reference_better_share``.
     """
     t = result.table.pivot(index="image", columns="method", values=column)
-    if REFERENCE not in t.columns:
-        raise ValueError(f"the result has no {REFERENCE!r} rows")
+    if reference not in t.columns:
+        raise ValueError(f"the result has no {reference!r} rows; its methods: {list(t.columns)}")
     lower = column.startswith("deletion")
-    ref = t[REFERENCE]
+    ref = t[reference]
     rows = {}
     for m in t.columns:
         better = (ref < t[m]) if lower else (ref > t[m])
         tie = ref == t[m]
         rows[m] = {
             "mean": t[m].mean(),
-            "cci_mean": ref.mean(),
-            "cci_better_share": float(better.mean() + 0.5 * tie.mean()),
+            "reference_mean": ref.mean(),
+            "reference_better_share": float(better.mean() + 0.5 * tie.mean()),
         }
     return pd.DataFrame(rows).T
 
 
-def _versus_table(results, summaries, methods, column: str, title: str) -> list[str]:
+def _versus_table(results, summaries, methods, column: str, title: str, ref: str) -> list[str]:
     lines = [
-        f"## Deletion AUC (probability, lower is better): CCI vs every method -- {title}",
+        f"## Deletion AUC (probability, lower is better): {ref} vs every method -- {title}",
         "",
-        "Mean over images; in brackets the share of images on which CCI's AUC is lower "
+        f"Mean over images; in brackets the share of images on which {ref}'s AUC is lower "
         "than the method's (ties count half). Only the best value per model is bold.",
         "",
     ]
     rows = []
-    cmps = [cci_comparison(r, column) for r in results]
+    cmps = [reference_comparison(r, column, ref) for r in results]
     for m in methods:
         cells = [m]
         for s, cmp in zip(summaries, cmps):
@@ -83,22 +112,24 @@ def _versus_table(results, summaries, methods, column: str, title: str) -> list[
                 continue
             v = _fmt(s.loc[m, column])
             v = f"**{v}**" if s.loc[m, column] == s[column].min() else v
-            if m != REFERENCE:
-                v += f" ({100 * cmp.loc[m, 'cci_better_share']:.0f} %)"
+            if m != ref:
+                v += f" ({100 * cmp.loc[m, 'reference_better_share']:.0f} %)"
             cells.append(v)
         rows.append(cells)
-    ranks = [str(int(s[column].rank(method="min")[REFERENCE])) + f" of {len(s)}" for s in summaries]
-    rows.append(["CCI rank"] + ranks)
+    ranks = [str(int(s[column].rank(method="min")[ref])) + f" of {len(s)}" for s in summaries]
+    rows.append([f"{ref} rank"] + ranks)
     models = [r.model for r in results]
     return lines + [_table(["method"] + models, rows), ""]
 
 
-def _model_section(r: FaithfulnessResult, plots: dict[str, str]) -> list[str]:
+def _model_section(r: FaithfulnessResult, plots: dict[str, str], ref: str) -> list[str]:
     s = r.summary()
-    cmp = cci_comparison(r)
-    ref_sec = s.loc[REFERENCE, "seconds_per_image"] if REFERENCE in s.index else np.nan
+    ref = ref if ref in s.index else s.index[0]
+    cmp = reference_comparison(r, reference=ref)
+    ref_sec = s.loc[ref, "seconds_per_image"]
     header = ["method"] + [h for c, h, _ in COLUMNS if c in s.columns]
-    header += ["s / image", "fwd / image", "autograd fwd / image", "time ÷ CCI", "CCI del. better"]
+    header += ["s / image", "fwd / image", "autograd fwd / image", f"time ÷ {ref}"]
+    header.append(f"{ref} del. better")
     best = {}
     for c, _, low in COLUMNS:
         if c in s.columns and s[c].notna().any():
@@ -115,7 +146,7 @@ def _model_section(r: FaithfulnessResult, plots: dict[str, str]) -> list[str]:
             _fmt(row["forwards_per_image"], 1),
             _fmt(row["autograd_forwards_per_image"], 1),
             _fmt(row["seconds_per_image"] / ref_sec, 2),
-            "–" if m == REFERENCE else f"{100 * cmp.loc[m, 'cci_better_share']:.0f} %",
+            "–" if m == ref else f"{100 * cmp.loc[m, 'reference_better_share']:.0f} %",
         ]
         rows.append(cells)
     out = [f"## {r.model} ({r.n_images} images)", "", _table(header, rows), ""]
@@ -144,6 +175,9 @@ def markdown_report(
 ) -> str:
     """The results file: command and settings on top, cross-model summaries, per-model tables.
 
+    Every method is compared with one reference (:func:`reference_method`): CCI when every
+    model ran it, else the first method of the run.
+
     Args:
         results: One result per model.
         command: The command line that made the results.
@@ -159,19 +193,20 @@ def markdown_report(
     models = [r.model for r in results]
     summaries = [r.summary() for r in results]
     methods = list(dict.fromkeys(m for s in summaries for m in s.index))
-    if all(REFERENCE in s.index for s in summaries):
+    ref = reference_method(results)
+    if all(ref in s.index for s in summaries):
         for column, title in (
             ("deletion_prob", "pixels replaced by the mean colour ('zeros') -- the headline"),
             ("deletion_prob_patch", "whole ViT patches replaced by the mean colour"),
             ("deletion_prob_blur", "pixels replaced by a blurred copy"),
         ):
             if all(column in s.columns for s in summaries):
-                lines += _versus_table(results, summaries, methods, column, title)
+                lines += _versus_table(results, summaries, methods, column, title, ref)
         lines += [
-            "## Seconds per image relative to CCI (same run, same chunks)",
+            f"## Seconds per image relative to {ref} (same run, same chunks)",
             "",
             "Methods ran chunk by chunk in a rotating order, so load changes on the shared "
-            "machine hit all of them alike. > 1: slower than CCI.",
+            f"machine hit all of them alike. > 1: slower than {ref}.",
             "",
         ]
         rows = []
@@ -181,7 +216,7 @@ def markdown_report(
                 if m not in s.index:
                     cells.append("–")
                     continue
-                ratio = s.loc[m, "seconds_per_image"] / s.loc[REFERENCE, "seconds_per_image"]
+                ratio = s.loc[m, "seconds_per_image"] / s.loc[ref, "seconds_per_image"]
                 cells.append(_fmt(ratio, 2))
             rows.append(cells)
         lines += [_table(["method"] + models, rows), ""]
@@ -189,7 +224,7 @@ def markdown_report(
     if notes:
         lines.append("")
     for r in results:
-        lines += _model_section(r, plots)
+        lines += _model_section(r, plots, ref)
     return "\n".join(lines).rstrip() + "\n"
 
 

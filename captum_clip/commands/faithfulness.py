@@ -44,7 +44,8 @@ def _shared_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--methods", nargs="+", choices=METHOD_CHOICES, metavar="NAME",
         help="methods to run (default all): " + ", ".join(repr(m) for m in METHOD_NAMES)
-        + "; or a registered name: " + ", ".join(REGISTRY),
+        + "; or a registered name: " + ", ".join(REGISTRY) + ". The report compares every "
+        "method with 'CCI', or without it with the first method given here",
     )  # fmt: skip
     g.add_argument("--cci-k", type=int, default=ms["cci_k"], help="K of CCI")
     g.add_argument(

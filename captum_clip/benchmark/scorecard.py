@@ -57,6 +57,7 @@ SCORECARD_COLUMNS: tuple[tuple[str, str, bool, int], ...] = (
     ("road", "ROAD ↑", False, 3),
     ("pointing", "pointing ↑", False, 2),
     ("mask_share", "mask share ↑", False, 2),
+    ("causal_auroc", "fg/bg AUROC ↑", False, 2),
     ("randomisation", "randomisation ↓", True, 2),
     ("random_logit", "random logit ↓", True, 2),
     ("sensitivity", "sensitivity ↓", True, 3),
@@ -261,7 +262,8 @@ def run_scorecard(
 
     Returns:
         One row per (model, seed, method): the columns of :data:`SCORECARD_COLUMNS` (means
-        over the scenes), ``causal_auroc`` and ``skipped`` (the reason, when the method
+        over the scenes; ``causal_auroc`` is NaN where the scenes hold no causal label of one
+        kind) and ``skipped`` (the reason, when the method
         cannot run on the model).
     """
     from captum_clip.benchmark.inputs import available_variants, run_testbed
@@ -304,9 +306,8 @@ def run_scorecard(
                                        "method": name, "skipped": res.skipped.get(label, "")}  # fmt: skip
                 if label in summary.index:
                     for col, *_ in SCORECARD_COLUMNS:
-                        if col in summary.columns:
-                            row[col] = float(summary.loc[label, col])
-                    row["causal_auroc"] = float(summary.loc[label].get("causal_auroc", math.nan))
+                        if col not in TRUST_COLUMNS:  # NaN: no causal labels of both kinds
+                            row[col] = float(summary.loc[label].get(col, math.nan))
                     torch.manual_seed(seed)
                     trust = trust_scores(clf, x, targets, name, s)
                     row |= {c: float(np.nanmean(trust[c])) if trust[c].notna().any() else math.nan
@@ -320,9 +321,7 @@ def run_scorecard(
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over the seeds per (model, method): columns
     ``<metric>`` and ``<metric>_sd`` (method order kept)."""
-    cols = [c for c, *_ in SCORECARD_COLUMNS if c in table.columns] + (
-        ["causal_auroc"] if "causal_auroc" in table.columns else []
-    )
+    cols = [c for c, *_ in SCORECARD_COLUMNS if c in table.columns]
     g = table.groupby(["model", "method"], sort=False)[cols]
     mean, sd = g.mean(), g.std(ddof=1)
     return mean.join(sd.add_suffix("_sd"))
@@ -379,7 +378,8 @@ def _fmt(frame: pd.DataFrame, method: str, col: str, digits: int = 3) -> str:
 QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Which pixels does the score rest on?", ("deletion_prob", "insertion_prob", "road")),
     ("Which patches / regions does it rest on?", ("deletion_prob_patch", "insertion_prob")),
-    ("Is the model looking at the object?", ("pointing", "mask_share")),
+    ("Does the map find the object?", ("pointing", "mask_share")),
+    ("Does it tell object- from background-driven predictions?", ("causal_auroc",)),
     ("Does the map depend on the model and the class at all?", ("randomisation", "random_logit")),
     ("Does the map survive small input noise?", ("sensitivity",)),
     ("Many images, little time?", ("seconds_per_image", "deletion_prob_patch", "insertion_prob")),
@@ -387,8 +387,9 @@ QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def mean_ranks(summary: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    """Mean rank of every method (the control excluded) over ``columns`` and all models,
-    1 = best (each column ranked in its own direction), best first."""
+    """Mean rank of every method (the control excluded) over ``columns`` and the models
+    where a column has values, 1 = best (each column ranked in its own direction), best
+    first."""
     lower = {c: low for c, _, low, _ in SCORECARD_COLUMNS}
     ranks = []
     for model in _models(summary):
@@ -405,7 +406,16 @@ def question_table(summary: pd.DataFrame) -> str:
     for question, columns in QUESTIONS:
         r = mean_ranks(summary, columns)
         top = [f"`{m}` ({v:.1f})" for m, v in r.head(3).items()]
-        cols = ", ".join(headers[c] for c in columns)
+        names = []
+        for c in columns:
+            have = [m for m in _models(summary) if summary.loc[m][c].notna().any()]
+            only = (
+                f" ({', '.join(f'`{m}`' for m in have)} only)"
+                if len(have) < len(_models(summary))
+                else ""
+            )
+            names.append(headers[c] + only)
+        cols = ", ".join(names)
         lines.append(f"| {question} | {cols} | " + " | ".join(top) + " |")
     return "\n".join(lines)
 
@@ -430,7 +440,8 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
         for m in models:
             frame = summary.loc[m]
             b = _best(frame, col, lower)
-            parts.append(f"`{b}` on `{m}` ({_fmt(frame, b, col)})")
+            if b:  # a column without values on a model (fg/bg AUROC needs both labels)
+                parts.append(f"`{b}` on `{m}` ({_fmt(frame, b, col)})")
         return ", ".join(parts)
 
     control = []
@@ -454,7 +465,7 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
     blocks["readme"] = (
         f"On the bundled models ({where}; {src}), per question the registered methods "
         "by their mean rank over the columns that answer it (1.0: first in every column on "
-        "both models):\n\n"
+        "every model):\n\n"
         + question_table(summary)
         + f"\n\nThe default `CCI(clf)` {cci_ranks}; what only it gives is the region, "
         "a whole concept, named in words ([`docs/concepts.md`](docs/concepts.md)). Which "
@@ -498,6 +509,20 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
             + "."
         )
     lines.append("- **the control** (`edge-map`, ignores the model): " + "; ".join(control) + ".")
+    located = []
+    for m in models:
+        frame = summary.loc[m]
+        below = [k for k in frame.index if k != CONTROL
+                 and frame.loc[k, "pointing"] < frame.loc[CONTROL, "pointing"]]  # fmt: skip
+        located.append(
+            f"on `{m}` its pointing ({_fmt(frame, CONTROL, 'pointing', 2)}) is above that of "
+            f"{len(below)} of {len(frame) - 1} methods"
+        )
+    lines.append(
+        "- **localisation alone cannot vet a map**: the control finds the object's edges; "
+        + "; ".join(located)
+        + "."
+    )
     cheapest = {m: summary.loc[m].drop(index=CONTROL)["seconds_per_image"].idxmin()
                 for m in models}  # fmt: skip
     lines.append(
@@ -533,7 +558,7 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
             return match.group(0)
         return f"<!-- scorecard:{name} -->\n{blocks[name]}\n<!-- /scorecard:{name} -->"
 
-    out, n = re.subn(r"<!-- scorecard:([\w-]+) -->\n.*?\n<!-- /scorecard:\1 -->", sub, text,
+    out, n = re.subn(r"<!-- scorecard:([\w-]+) -->\n(?:.*?\n)?<!-- /scorecard:\1 -->", sub, text,
                      flags=re.S)  # fmt: skip
     opened = len(re.findall(r"<!-- scorecard:[\w-]+ -->", text))
     if opened != n:

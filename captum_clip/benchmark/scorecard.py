@@ -485,6 +485,7 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
                 m,
                 (
                     "deletion_prob",
+                    "deletion_prob_patch",
                     "insertion_prob",
                     "pointing",
                     "mask_share",

@@ -365,7 +365,13 @@ def scorecard_table(summary: pd.DataFrame, model: str, columns: Sequence[str] | 
         cells = []
         for col, _, _, digits in spec:
             text = _cell(frame.loc[method, col], frame.loc[method].get(f"{col}_sd"), digits)
-            cells.append(f"**{text}**" if best.get(col) == method and text != "–" else text)
+            top = best.get(col)
+            tied = (
+                bool(top)
+                and method != CONTROL
+                and np.isclose(frame.loc[method, col], frame.loc[top, col], rtol=0, atol=1e-12)
+            )  # every method equal to the best is bold (e.g. one forward per image)
+            cells.append(f"**{text}**" if tied and text != "–" else text)
         lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

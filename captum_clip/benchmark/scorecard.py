@@ -250,8 +250,8 @@ def run_scorecard(
 ) -> pd.DataFrame:
     """Every registered method and the edge-map control on the bundled testbed models.
 
-    For each model and scene seed: :func:`~captum_clip.benchmark.inputs.run_testbed`'s
-    faithfulness and localisation metrics (targets: the predicted class, exact object
+    For each model and scene seed: the faithfulness and localisation metrics of
+    :func:`~captum_clip.benchmark.inputs.run_testbed` (the same scenes, labels and call) (targets: the predicted class, exact object
     masks) and :func:`trust_scores`, averaged over the scenes.
 
     Args:
@@ -266,7 +266,8 @@ def run_scorecard(
         kind) and ``skipped`` (the reason, when the method
         cannot run on the model).
     """
-    from captum_clip.benchmark.inputs import available_variants, run_testbed
+    from captum_clip.benchmark.faithfulness import evaluate
+    from captum_clip.benchmark.inputs import available_variants
     from captum_clip.benchmark.methods import MethodSettings
     from captum_clip.methods import METHOD_NAMES, get_method
     from captum_clip.models import ClipClassifier
@@ -287,19 +288,17 @@ def run_scorecard(
         clf = ClipClassifier(model, tokenizer, list(shapes.CLASS_NAMES),
                              templates=(shapes.PROMPT_TEMPLATE.format(pattern="{}"),))  # fmt: skip
         for seed in s.seeds:
-            (res,) = run_testbed(
-                [variant],
-                n=s.n,
-                rho=s.rho,
-                seed=seed,
-                methods=bench,
-                method_settings=MethodSettings(ig_steps=50),
-                chunk_size=s.chunk_size,
-            )  # fmt: skip  (ig_steps=50: Captum's default, what `build` gives)
-            summary = res.summary()
+            # the scenes and labels of run_testbed, built once for both halves of the row
             scenes = shapes.generate_scenes(s.n, seed=seed, rho=s.rho, size=clf.image_size[0])
             x = shapes.normalize(scenes.images)
-            targets = causal_labels(clf, scenes, internal_batch_size=s.chunk_size).target
+            truth = causal_labels(clf, scenes, internal_batch_size=s.chunk_size)
+            targets = truth.target
+            res = evaluate(
+                clf, x, targets, scenes.masks, truth, methods=bench,
+                method_settings=MethodSettings(ig_steps=50),  # Captum's default: what `build` gives
+                chunk_size=s.chunk_size, model_name=f"testbed:{variant}",
+            )  # fmt: skip
+            summary = res.summary()
             for label in bench:
                 name = labels.get(label, CONTROL)
                 row: dict[str, Any] = {"model": f"testbed:{variant}", "seed": seed,
@@ -450,17 +449,19 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
                 parts.append(f"`{b}` on `{m}` ({_fmt(frame, b, col)})")
         return ", ".join(parts)
 
+    def below_control(frame: pd.DataFrame, col: str) -> str:
+        n = sum(frame.loc[k, col] < frame.loc[CONTROL, col] for k in frame.index if k != CONTROL)
+        return f"{n} of {len(frame) - 1}"
+
     control = []
     for m in models:
         frame = summary.loc[m]
-        moved = [k for k in frame.index if k != CONTROL
-                 and frame.loc[k, "randomisation"] < frame.loc[CONTROL, "randomisation"]]  # fmt: skip
+        most = _best(frame, "randomisation", True)
         control.append(
             f"on `{m}` the control keeps a correlation of "
             f"{_fmt(frame, CONTROL, 'randomisation', 2)} with itself after every block is "
-            f"re-initialised, against {_fmt(frame, _best(frame, 'randomisation', True), 'randomisation', 2)} "  # noqa: E501
-            f"for `{_best(frame, 'randomisation', True)}` ({len(moved)} of {len(frame) - 1} "
-            "methods below the control)"
+            f"re-initialised, against {_fmt(frame, most, 'randomisation', 2)} for `{most}` "
+            f"({below_control(frame, 'randomisation')} methods below the control)"
         )
     blocks = {}
     cci_ranks = (
@@ -519,19 +520,16 @@ def render_blocks(summary: pd.DataFrame, n_seeds: int, n_scenes: int) -> dict[st
     located = []
     for m in models:
         frame = summary.loc[m]
-        below = [k for k in frame.index if k != CONTROL
-                 and frame.loc[k, "pointing"] < frame.loc[CONTROL, "pointing"]]  # fmt: skip
         located.append(
             f"on `{m}` its pointing ({_fmt(frame, CONTROL, 'pointing', 2)}) is above that of "
-            f"{len(below)} of {len(frame) - 1} methods"
+            f"{below_control(frame, 'pointing')} methods"
         )
     lines.append(
         "- **localisation alone cannot vet a map**: the control finds the object's edges; "
         + "; ".join(located)
         + "."
     )
-    cheapest = {m: summary.loc[m].drop(index=CONTROL)["seconds_per_image"].idxmin()
-                for m in models}  # fmt: skip
+    cheapest = {m: _best(summary.loc[m], "seconds_per_image", True) for m in models}
     lines.append(
         "- **cost** -- cheapest: "
         + ", ".join(

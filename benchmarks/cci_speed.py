@@ -44,34 +44,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from _photos import photo_batch  # benchmarks/ is on sys.path (run as a script)
 from captum.attr import FeatureAblation, IntegratedGradients, Occlusion
-from PIL import Image
-from skimage import data
 
 from captum_clip.attr._kmeans import batched_kmeans
 from captum_clip.attr.cci import CCI
 from captum_clip.models import ClipClassifier
 
 RESULTS = Path(__file__).parent / "results"
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "grass", "gravel", "brick", "camera")
 DEFAULTS = {"cpu": ("ViT-B-16:8",), "cuda": ("ViT-B-16:32", "ViT-L-14:16")}
 OPTIONAL = ("fa", "occlusion", "ig", "pixel", "sklearn")
-
-
-def _images(preprocess, n: int) -> torch.Tensor:
-    base = []
-    for name in PHOTOS:
-        a = getattr(data, name)()
-        if a.ndim == 2:
-            a = np.stack([a] * 3, -1)
-        base.append(preprocess(Image.fromarray(a[..., :3])))
-    x = torch.stack(base)
-    flips = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)]
-    return torch.cat(flips * (n // (4 * len(x)) + 1))[:n]
 
 
 class Timer:
@@ -124,7 +109,7 @@ def bench_model(spec: str, device: torch.device, args, timer: Timer) -> tuple[li
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
     model = model.to(device).eval()
     clf = ClipClassifier(model, _tokenizer(name), ["cat", "person", "cup", "rocket", "grass"])
-    x = _images(preprocess, b).to(device)
+    x = photo_batch(preprocess, b).to(device)
     with torch.no_grad():
         target = clf(x).argmax(1)
     x_all = x.repeat(k + 1, 1, 1, 1)

@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "grass", "gravel", "brick", "camera")
 CLASSES = ["cat", "person", "cup", "rocket", "grass"]
 
 
@@ -62,13 +61,25 @@ def _reset_peak() -> bool:
     return True
 
 
+def _run_worker(cfg: dict, env: dict, what: str) -> dict:
+    """One configuration in a fresh subprocess; its JSON result (last line of stdout)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def worker(config: dict) -> dict:
     """Run one configuration in this process; peak RSS above the post-load baseline."""
-    import numpy as np
     import open_clip
     import torch
-    from PIL import Image
-    from skimage import data
+    from _photos import photo_batch  # benchmarks/ is on sys.path (run as a script)
 
     from captum_clip.attr.attnlrp import AttnLRP
     from captum_clip.attr.cci import CCI
@@ -82,15 +93,8 @@ def worker(config: dict) -> dict:
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(config["model"], pretrained=None)
     clf = ClipClassifier(model.eval(), open_clip.get_tokenizer(config["model"]), CLASSES)
-    base = []
-    for name in PHOTOS:
-        a = getattr(data, name)()
-        if a.ndim == 2:
-            a = np.stack([a] * 3, -1)
-        base.append(preprocess(Image.fromarray(a[..., :3])))
-    x = torch.stack(base)
     n = config["n"]
-    x = torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-1, -2)] * (n // 32 + 1))[:n].contiguous()
+    x = photo_batch(preprocess, n).contiguous()
     target = torch.arange(n) % len(CLASSES)
     kind, ibs = config["kind"], config["ibs"]
     if kind == "forward":
@@ -193,31 +197,13 @@ def main(argv: list[str] | None = None) -> str:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for cfg in configs:
         print(f"[lrp_memory] {_label(cfg)} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(cfg)],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"{_label(cfg)} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append(_run_worker(cfg, env, _label(cfg)))
     timing = None
     if args.time_rounds > 0:
         cfg = {**common, "kind": "timing", "attention": "cp", "sizes": args.ibs}
         cfg["rounds"] = args.time_rounds
         print("[lrp_memory] interleaved timing ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(cfg)],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"the timing failed:\n{proc.stderr[-3000:]}")
-        timing = json.loads(proc.stdout.strip().splitlines()[-1])
+        timing = _run_worker(cfg, env, "the timing")
     import torch  # for the version line only
 
     from captum_clip.attr.attnlrp import AttnLRP
